@@ -62,6 +62,8 @@ pub enum ZkError {
     AuthFailed,
     #[error("the terminal requires a comm key and none was configured")]
     AuthRequired,
+    #[error("the terminal no longer knows this session; reconnect")]
+    SessionLost,
     #[error("the terminal is busy (reply code {0})")]
     Busy(u16),
     #[error("the terminal answered {code} to command {command}")]
@@ -76,7 +78,9 @@ impl ZkError {
     /// The class of this failure.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ZkError::Connect { .. } | ZkError::Timeout(_) | ZkError::Closed | ZkError::Io(_) => ErrorKind::Unreachable,
+            ZkError::Connect { .. } | ZkError::Timeout(_) | ZkError::Closed | ZkError::Io(_) | ZkError::SessionLost => {
+                ErrorKind::Unreachable
+            }
             ZkError::AuthFailed | ZkError::AuthRequired => ErrorKind::AuthFailed,
             ZkError::Busy(_) => ErrorKind::Busy,
             ZkError::Refused { .. } | ZkError::Codec(_) | ZkError::Unexpected(_) => ErrorKind::Protocol,

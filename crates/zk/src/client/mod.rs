@@ -38,6 +38,9 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// How often a failed chunk of a bulk read is requested again (pyzk: 3).
     pub chunk_retries: u32,
+    /// Over UDP, how often a request whose reply did not come is sent again (same reply id, so a late reply to
+    /// the first copy is as good as one to the second).
+    pub udp_retries: u32,
     /// Largest table we accept (the size comes from the terminal).
     pub max_table_bytes: usize,
 }
@@ -49,6 +52,7 @@ impl Default for ClientConfig {
             comm_key: 0,
             timeout: Duration::from_secs(10),
             chunk_retries: 3,
+            udp_retries: 2,
             max_table_bytes: 256 * 1024 * 1024,
         }
     }
@@ -132,9 +136,19 @@ impl ZkClient {
     pub(crate) async fn request(&mut self, command: u16, payload: &[u8]) -> Result<Packet, ZkError> {
         self.reply_id = next_reply_id(self.reply_id);
         let packet = Packet::new(command, self.session_id, self.reply_id).with_payload(payload);
-        self.conn.send(&packet).await?;
-        let deadline = Instant::now() + self.cfg.timeout;
-        self.recv_reply(deadline).await
+        let retries = if self.transport() == Transport::Udp { self.cfg.udp_retries } else { 0 };
+        let mut attempt = 0;
+        loop {
+            self.conn.send(&packet).await?;
+            let deadline = Instant::now() + self.cfg.timeout;
+            match self.recv_reply(deadline).await {
+                Err(ZkError::Timeout(_)) if attempt < retries => {
+                    attempt += 1;
+                    tracing::debug!(command, attempt, "no reply over UDP, sending again");
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The next packet carrying our current reply id; events met on the way are acknowledged and queued.
@@ -323,7 +337,9 @@ impl ZkClient {
 
 fn refusal(command: u16, code: u16) -> ZkError {
     match code {
-        CMD_ACK_UNAUTH => ZkError::AuthFailed,
+        // After a successful connect, "unauthorised" means the terminal forgot our session (restart, idle expiry).
+        CMD_ACK_UNAUTH if command == CMD_CONNECT || command == CMD_AUTH => ZkError::AuthFailed,
+        CMD_ACK_UNAUTH => ZkError::SessionLost,
         CMD_ACK_RETRY | CMD_ACK_REPEAT => ZkError::Busy(code),
         code => ZkError::Refused { command, code },
     }

@@ -30,6 +30,8 @@ pub async fn probe(addr: SocketAddr, cfg: &ProbeConfig) -> Result<Duration, ZkEr
         transport: cfg.transport,
         comm_key: cfg.comm_key,
         timeout: cfg.timeout,
+        // The probe's own retry is the budget; no hidden resends inside an attempt.
+        udp_retries: 0,
         ..ClientConfig::default()
     };
     let mut attempt = 0;
