@@ -16,7 +16,8 @@ import statistics
 import sys
 import time
 
-from pyzk_dump import common_args, describe, make_zk
+sys.dont_write_bytecode = True  # no __pycache__ next to the scripts
+from pyzk_dump import common_args, describe, make_zk  # noqa: E402
 
 
 def one_run(args):

@@ -45,6 +45,10 @@ struct Args {
     /// Add a punch by a random user every interval (e.g. 2s, 500ms).
     #[arg(long, value_parser = parse_duration)]
     punch_every: Option<Duration>,
+    /// Payload bytes per CMD_DATA packet of a TCP chunk reply (default: the whole chunk in one packet; recorded
+    /// terminals use 1008, for which pyzk needs --frame-gap-us 1000).
+    #[arg(long, default_value_t = essl_zk::consts::MAX_CHUNK_TCP as usize)]
+    tcp_packet_size: usize,
     /// Pause between the frames of a TCP chunk reply, in microseconds.
     #[arg(long, default_value_t = 0)]
     frame_gap_us: u64,
@@ -120,6 +124,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
         max_sessions: args.max_sessions,
         frame_gap: Duration::from_micros(args.frame_gap_us),
+        tcp_packet_size: args.tcp_packet_size.clamp(1, essl_zk::consts::MAX_CHUNK_TCP as usize),
         ..TerminalConfig::default()
     };
     let terminal = Terminal::new(&fixture, config)?;

@@ -134,6 +134,8 @@ async fn serve_tcp(terminal: Terminal, mut stream: TcpStream, shutdown: Cancella
     let mut dice = FaultDice::new();
     let idle = terminal.config().idle_timeout;
     let mut deadline = Instant::now() + idle;
+    // One event at a time, the next only after the client acknowledged the last (pyzk loops on glued events).
+    let mut awaiting_ack: Option<Instant> = None;
     loop {
         // Drain every complete frame before reading more.
         let packet = match frame::frame_len(&buf) {
@@ -165,7 +167,10 @@ async fn serve_tcp(terminal: Terminal, mut stream: TcpStream, shutdown: Cancella
             let (packets, close) = match session.handle(&req) {
                 Outcome::Reply(p) => (p, false),
                 Outcome::ReplyAndClose(p) => (p, true),
-                Outcome::Nothing => continue,
+                Outcome::Nothing => {
+                    awaiting_ack = None;
+                    continue;
+                }
             };
             if !faults.latency.is_zero() {
                 tokio::time::sleep(faults.latency).await;
@@ -189,19 +194,34 @@ async fn serve_tcp(terminal: Terminal, mut stream: TcpStream, shutdown: Cancella
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             },
-            event = events.recv(), if session.wants_attendance_events() => match event {
+            _ = sleep_until_some(awaiting_ack) => {
+                tracing::info!("realtime event not acknowledged within 1 s");
+                awaiting_ack = None;
+            }
+            event = events.recv(), if session.wants_attendance_events() && awaiting_ack.is_none() => match event {
                 Ok(e) => {
                     if let Some(p) = session.event_packet(&e) {
                         terminal.stats_ref().events_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         if stream.write_all(&p.encode_tcp()).await.is_err() {
                             return;
                         }
+                        awaiting_ack = Some(Instant::now() + EVENT_ACK_TIMEOUT);
                     }
                 }
                 Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "event subscriber lagged"),
                 Err(RecvError::Closed) => return,
             },
         }
+    }
+}
+
+/// How long the terminal waits for the acknowledgement of a realtime event before sending the next one.
+const EVENT_ACK_TIMEOUT: Duration = Duration::from_secs(1);
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 

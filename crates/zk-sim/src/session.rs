@@ -67,7 +67,7 @@ impl Session {
     pub(crate) fn event_packet(&self, e: &AttendanceEvent) -> Option<Packet> {
         let form = match self.transport {
             Transport::Tcp => EventForm::Text36,
-            Transport::Udp => EventForm::Short10,
+            Transport::Udp => EventForm::Numeric12,
         };
         let payload = encode_attendance_event(form, e).ok()?;
         Some(Packet::new(CMD_REG_EVENT, EF_ATTLOG, 0).with_payload(payload))

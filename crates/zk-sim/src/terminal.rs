@@ -26,9 +26,12 @@ pub struct TerminalConfig {
     pub user_layout: UserLayout,
     /// Concurrent sessions accepted (TCP and UDP together); further `CMD_CONNECT`s get `CMD_ACK_RETRY`.
     pub max_sessions: usize,
-    /// Tables up to this size are answered inline with one `CMD_DATA`.
+    /// Tables up to this size are answered inline with one `CMD_DATA` (1,016 keeps the datagram within the
+    /// 1,024 bytes UDP clients read).
     pub inline_max: usize,
-    /// Payload bytes per `CMD_DATA` packet in chunk replies over TCP (1,008 in every recording).
+    /// Payload bytes per `CMD_DATA` packet in chunk replies over TCP. The default sends each chunk as one packet,
+    /// which every client reads deterministically; 1,008 is what recorded terminals use (pyzk then needs a
+    /// `frame_gap` of about 1 ms, as a slow embedded sender gives it).
     pub tcp_packet_size: usize,
     /// Payload bytes per `CMD_DATA` datagram over UDP.
     pub udp_packet_size: usize,
@@ -49,8 +52,8 @@ impl Default for TerminalConfig {
             record_layout: RecordLayout::Long40,
             user_layout: UserLayout::Long72,
             max_sessions: 8,
-            inline_max: 1024,
-            tcp_packet_size: 1008,
+            inline_max: 1016,
+            tcp_packet_size: essl_zk::consts::MAX_CHUNK_TCP as usize,
             udp_packet_size: 1024,
             frame_gap: Duration::ZERO,
             idle_timeout: Duration::from_secs(300),

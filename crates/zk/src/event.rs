@@ -36,8 +36,10 @@ pub fn decode_attendance_event(p: &[u8]) -> Result<AttendanceEvent, CodecError> 
 /// The event forms a terminal may send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventForm {
-    /// 10 bytes: u16 PIN (UDP terminals).
+    /// 10 bytes: u16 PIN (some UDP terminals; pyzk 0.9 ignores this form).
     Short10,
+    /// 12 bytes: u32 PIN (UDP terminals).
+    Numeric12,
     /// 36 bytes: 24-byte PIN and 4 trailing bytes (TCP terminals).
     Text36,
 }
@@ -48,6 +50,7 @@ pub fn encode_attendance_event(form: EventForm, e: &AttendanceEvent) -> Result<V
     let mut out = Vec::with_capacity(36);
     match form {
         EventForm::Short10 => out.extend_from_slice(&e.user_id.parse::<u16>().unwrap_or(0).to_le_bytes()),
+        EventForm::Numeric12 => out.extend_from_slice(&e.user_id.parse::<u32>().unwrap_or(0).to_le_bytes()),
         EventForm::Text36 => text::encode_into(&e.user_id, 24, &mut out),
     }
     out.push(e.status);
@@ -79,7 +82,7 @@ mod tests {
     fn forms_round_trip_and_unknown_lengths_fail() {
         let e =
             AttendanceEvent { user_id: "42".into(), status: 1, punch: 1, timestamp: date(2025, 1, 2).at(3, 4, 5, 0) };
-        for form in [EventForm::Short10, EventForm::Text36] {
+        for form in [EventForm::Short10, EventForm::Numeric12, EventForm::Text36] {
             let p = encode_attendance_event(form, &e).expect("encodes");
             assert_eq!(decode_attendance_event(&p).expect("decodes"), e);
         }

@@ -18,8 +18,11 @@ pub fn decode_packed(v: u32) -> Result<DateTime, CodecError> {
     t /= 31;
     let month = (t % 12 + 1) as i8;
     t /= 12;
-    let year = 2000 + t;
-    let year = i16::try_from(year).map_err(|_| CodecError::BadTime(v))?;
+    // Terminals store the year modulo 100: values past 2099-12-31 23:59:59 are corrupt, not the 22nd century.
+    if t > 99 {
+        return Err(CodecError::BadTime(v));
+    }
+    let year = 2000 + t as i16;
     let date = Date::new(year, month, day).map_err(|_| CodecError::BadTime(v))?;
     let time = Time::new(hour, minute, second, 0).map_err(|_| CodecError::BadTime(v))?;
     Ok(DateTime::from_parts(date, time))
@@ -84,5 +87,8 @@ mod tests {
         assert!(decode_event_time(&[18, 13, 1, 0, 0, 0]).is_err());
         assert!(decode_event_time(&[18, 1, 1, 25, 0, 0]).is_err());
         assert!(encode_packed(date(1999, 12, 31).at(0, 0, 0, 0)).is_err());
+        // 3,214,079,999 is the last second a terminal can store; beyond it is corruption.
+        assert_eq!(decode_packed(3_214_079_999), Ok(date(2099, 12, 31).at(23, 59, 59, 0)));
+        assert_eq!(decode_packed(3_214_080_000), Err(CodecError::BadTime(3_214_080_000)));
     }
 }

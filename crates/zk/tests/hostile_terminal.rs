@@ -74,7 +74,7 @@ async fn read_attendance(script: Script) -> (ZkError, Duration) {
     let addr = fake_terminal(script).await;
     let mut c = ZkClient::connect(addr, cfg()).await.expect("connect");
     let started = Instant::now();
-    let err = c.read_attendance(&mut |_, _| {}).await.err().expect("must fail");
+    let err = c.read_attendance(&mut |_, _| {}).await.expect_err("must fail");
     (err, started.elapsed())
 }
 
