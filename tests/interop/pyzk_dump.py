@@ -9,6 +9,7 @@ Anything pyzk itself prints goes to stderr. Any failure: message on stderr, exit
 
     python pyzk_dump.py --addr 127.0.0.1:4370 [--udp] [--comm-key K] [--timeout S]
                         [--set-time YYYY-MM-DDTHH:MM:SS]
+    python pyzk_dump.py --addr ... --live N    # live_capture: print N realtime punches, one JSON line each
 
 Only loopback addresses are accepted: this is a test tool for a local simulator.
 """
@@ -95,11 +96,38 @@ def dump(args):
     return doc
 
 
+def live(args):
+    """Prints the first args.live realtime punches as JSON lines (flushed), then ends the capture."""
+    conn = make_zk(args).connect()
+    seen = 0
+    for att in conn.live_capture(new_timeout=1):
+        if att is None:
+            continue
+        line = json.dumps({"uid": att.uid, "user_id": att.user_id,
+                           "timestamp": att.timestamp.strftime(TIME_FMT),
+                           "status": att.status, "punch": att.punch})
+        sys.__stdout__.write(line + "\n")
+        sys.__stdout__.flush()
+        seen += 1
+        if seen >= args.live:
+            conn.end_live_capture = True
+    conn.disconnect()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common_args(parser)
     parser.add_argument("--set-time", type=parse_time, help="call set_time(T) before get_time()")
+    parser.add_argument("--live", type=int, help="live_capture: print N realtime punches and exit")
     args = parser.parse_args()
+    if args.live:
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                live(args)
+        except Exception as e:
+            print("pyzk_dump: error: %s" % describe(e, args), file=sys.stderr)
+            return 1
+        return 0
     try:
         with contextlib.redirect_stdout(sys.stderr):  # pyzk prints warnings to stdout
             doc = dump(args)
