@@ -1,0 +1,85 @@
+//! MessagePack with field names (so fields can be added without breaking older peers), size-bounded.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{AgentMsg, MAX_MESSAGE_BYTES, ServerMsg};
+
+/// A message that could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("message of {0} bytes exceeds the limit of {MAX_MESSAGE_BYTES}")]
+    TooLarge(usize),
+    #[error("undecodable message: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    #[error("unencodable message: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+}
+
+fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, WireError> {
+    let bytes = rmp_serde::to_vec_named(msg)?;
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(WireError::TooLarge(bytes.len()));
+    }
+    Ok(bytes)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(WireError::TooLarge(bytes.len()));
+    }
+    // Nesting in our messages is shallow; the default depth limit of rmp-serde (1024) guards recursion.
+    Ok(rmp_serde::from_slice(bytes)?)
+}
+
+/// Encodes an agent message.
+pub fn encode_agent(msg: &AgentMsg) -> Result<Vec<u8>, WireError> {
+    encode(msg)
+}
+
+/// Encodes a server message.
+pub fn encode_server(msg: &ServerMsg) -> Result<Vec<u8>, WireError> {
+    encode(msg)
+}
+
+/// Decodes an agent message.
+pub fn decode_agent(bytes: &[u8]) -> Result<AgentMsg, WireError> {
+    decode(bytes)
+}
+
+/// Decodes a server message.
+pub fn decode_server(bytes: &[u8]) -> Result<ServerMsg, WireError> {
+    decode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::*;
+
+    #[test]
+    fn hello_round_trips_and_unknown_kinds_fail() {
+        let hello = AgentMsg::Hello {
+            min_protocol: 1,
+            max_protocol: 1,
+            agent_version: "0.1.0".into(),
+            hostname: "front-desk".into(),
+            os: "linux".into(),
+        };
+        let bytes = encode_agent(&hello).expect("encodes");
+        assert_eq!(decode_agent(&bytes).expect("decodes"), hello);
+        // A server message is not an agent message.
+        let ack = encode_server(&ServerMsg::Ack { batch: 1 }).expect("encodes");
+        assert!(decode_agent(&ack).is_err());
+        assert!(decode_agent(&[0xc1]).is_err());
+        assert!(decode_agent(&vec![0; MAX_MESSAGE_BYTES + 1]).is_err());
+    }
+
+    #[test]
+    fn negotiation() {
+        assert_eq!(negotiate(1, 1), Some(1));
+        assert_eq!(negotiate(1, 9), Some(PROTOCOL_VERSION));
+        assert_eq!(negotiate(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 3), None);
+        assert_eq!(negotiate(0, 0), None);
+    }
+}

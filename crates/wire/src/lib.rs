@@ -1,0 +1,33 @@
+//! The messages between `essl-agent` and `essl-server`: one MessagePack message per binary WebSocket frame.
+//!
+//! - The agent opens with [`AgentMsg::Hello`] (the protocol versions it speaks); the server answers
+//!   [`ServerMsg::Welcome`] with the version chosen, or closes with one of the [`close`] codes.
+//! - The server sends [`ServerMsg::Request`]s for device work; the agent answers each with one
+//!   [`AgentMsg::Response`], optionally preceded by [`AgentMsg::Progress`] and, for attendance, by
+//!   [`AgentMsg::Punches`] batches that the server acknowledges with [`ServerMsg::Ack`] once committed.
+//! - The agent reports [`AgentMsg::Reachability`] of its site's devices periodically: the routing table.
+//!
+//! Decoding is bounded by [`MAX_MESSAGE_BYTES`] and never panics; an undecodable message is an error for the
+//! caller to close that one connection with.
+
+pub mod close;
+mod codec;
+mod messages;
+
+pub use codec::{WireError, decode_agent, decode_server, encode_agent, encode_server};
+pub use messages::*;
+
+/// The protocol version this build speaks best.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The oldest protocol version this build still speaks.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// Largest encoded message accepted (also the WebSocket frame limit).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Most punches in one [`AgentMsg::Punches`] batch; keeps each batch well under [`MAX_MESSAGE_BYTES`].
+pub const MAX_PUNCHES_PER_BATCH: usize = 5_000;
+
+/// The highest version both sides speak, if any.
+pub fn negotiate(peer_min: u16, peer_max: u16) -> Option<u16> {
+    let top = peer_max.min(PROTOCOL_VERSION);
+    (top >= peer_min.max(MIN_PROTOCOL_VERSION)).then_some(top)
+}

@@ -1,0 +1,147 @@
+//! The message types. Ids of devices, agents and sites are UUIDs in text form; times are Unix milliseconds;
+//! a terminal's own wall-clock time travels as `YYYY-MM-DDTHH:MM:SS` text (no zone).
+
+use serde::{Deserialize, Serialize};
+
+/// Agent to server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentMsg {
+    /// First message: who is speaking and which protocol versions it understands.
+    Hello { min_protocol: u16, max_protocol: u16, agent_version: String, hostname: String, os: String },
+    /// The outcome of one request.
+    Response { id: u64, outcome: Outcome },
+    /// Progress of a long request (bytes or records done of total).
+    Progress { id: u64, done: u64, total: u64 },
+    /// Probe results for the site's devices.
+    Reachability { reports: Vec<Reach> },
+    /// Attendance records of one device, to be stored and then acknowledged with `Ack { batch }`.
+    Punches { batch: u64, device: String, request: Option<u64>, records: Vec<Punch> },
+}
+
+/// Server to agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMsg {
+    /// Accepted: the version chosen, who the agent is, and the devices of its site.
+    Welcome { protocol: u16, agent_id: String, site: String, devices: Vec<DeviceSpec>, probe_interval_ms: u64 },
+    /// Device work to do.
+    Request { id: u64, device: String, op: Op },
+    /// The requester gave up; stop working on `id` if possible.
+    Cancel { id: u64 },
+    /// The site's device list changed.
+    DevicesChanged { devices: Vec<DeviceSpec> },
+    /// The batch is committed to the database; the agent may forget it.
+    Ack { batch: u64 },
+}
+
+/// How to reach one terminal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSpec {
+    pub id: String,
+    pub name: String,
+    /// `host:port` on the office LAN.
+    pub addr: String,
+    pub udp: bool,
+    /// 0 = none.
+    pub comm_key: u32,
+}
+
+/// Device work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Open and close a session, report the time it took.
+    Probe,
+    /// Read all attendance and send it as `Punches` batches before the response.
+    SyncAttendance,
+    /// Read the enrolled users.
+    ReadUsers,
+    /// Identity and counters.
+    DeviceInfo,
+    /// Read the terminal's clock.
+    GetTime,
+    /// Set the terminal's clock (its local wall-clock time).
+    SetTime { local_time: String },
+    /// Delete every attendance record on the terminal.
+    ClearAttendance,
+}
+
+/// Result of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Ok(OpResult),
+    Err(OpError),
+}
+
+/// What a successful request returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResult {
+    Probe { rtt_us: u64 },
+    Synced { records: u64, batches: u64 },
+    Users { users: Vec<DeviceUser> },
+    Info(DeviceInfo),
+    Time { local_time: String },
+    Done,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// Failure classes; `Unreachable` is what makes the server try the next agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorKind {
+    Unreachable,
+    AuthFailed,
+    Busy,
+    Protocol,
+    UnknownDevice,
+    Cancelled,
+    Internal,
+}
+
+/// One attendance record as the terminal stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Punch {
+    pub uid: u16,
+    pub user_id: String,
+    /// Terminal wall-clock time, `YYYY-MM-DDTHH:MM:SS`.
+    pub local_time: String,
+    pub status: u8,
+    pub punch: u8,
+}
+
+/// One enrolled user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceUser {
+    pub uid: u16,
+    pub user_id: String,
+    pub name: String,
+    pub privilege: u8,
+    pub card: u32,
+    pub group_id: String,
+}
+
+/// Identity and counters of a terminal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub serial_number: String,
+    pub device_name: String,
+    pub platform: String,
+    pub firmware: String,
+    pub mac: String,
+    pub users: i64,
+    pub records: i64,
+    pub fingerprints: i64,
+}
+
+/// One probe result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reach {
+    pub device: String,
+    pub reachable: bool,
+    pub rtt_us: Option<u64>,
+    pub checked_at_ms: i64,
+    pub error: Option<String>,
+}
