@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
+use essl_agent::addr::with_default_port;
 use essl_zk::attendance::AttendanceRecord;
 use essl_zk::user::User;
 use essl_zk::{ClientConfig, ErrorKind, ProbeConfig, Transport, ZkClient, ZkError};
@@ -102,21 +103,6 @@ async fn resolve(addr: &str) -> Result<SocketAddr, Failure> {
     match tokio::net::lookup_host(with_default_port(addr)).await {
         Ok(mut addrs) => addrs.next().ok_or_else(|| Failure::Usage(format!("{addr}: no address found"))),
         Err(e) => Err(Failure::Zk(ZkError::Connect { addr: addr.to_string(), source: e })),
-    }
-}
-
-/// `HOST`, `IP`, `HOST:PORT`, `[v6]:PORT`: the terminal port is 4370 unless given.
-fn with_default_port(addr: &str) -> String {
-    let port = essl_zk::consts::DEFAULT_PORT;
-    if addr.parse::<SocketAddr>().is_ok() {
-        return addr.to_string();
-    }
-    if let Ok(ip) = addr.parse::<std::net::IpAddr>() {
-        return SocketAddr::new(ip, port).to_string();
-    }
-    match addr.rsplit_once(':') {
-        Some((_, p)) if p.parse::<u16>().is_ok() => addr.to_string(),
-        _ => format!("{addr}:{port}"),
     }
 }
 
@@ -275,19 +261,4 @@ fn print_attendance(records: &[AttendanceRecord], as_json: bool) {
         let _ = writeln!(out, "{} records", records.len());
     }
     let _ = out.flush();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::with_default_port;
-
-    #[test]
-    fn default_port_is_added_only_when_missing() {
-        assert_eq!(with_default_port("10.0.0.5"), "10.0.0.5:4370");
-        assert_eq!(with_default_port("10.0.0.5:4371"), "10.0.0.5:4371");
-        assert_eq!(with_default_port("::1"), "[::1]:4370");
-        assert_eq!(with_default_port("[::1]:99"), "[::1]:99");
-        assert_eq!(with_default_port("door.local"), "door.local:4370");
-        assert_eq!(with_default_port("door.local:5000"), "door.local:5000");
-    }
 }

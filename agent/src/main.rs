@@ -1,6 +1,8 @@
-//! `essl-agent`: the office-LAN side of essl-relay. Today: the device troubleshooting CLI.
+//! `essl-agent`: the office-LAN side of essl-relay. `run` keeps the connection to the server; `device` talks to
+//! one terminal directly for troubleshooting.
 
 mod device_cli;
+mod run_cli;
 
 use std::process::ExitCode;
 
@@ -16,27 +18,34 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Connect to essl-server and serve its device requests until stopped.
+    Run(run_cli::RunArgs),
     /// Talk to one terminal directly (troubleshooting; replaces `telnet IP 4370`).
     Device(device_cli::DeviceArgs),
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("essl-agent: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     match cli.command {
-        Command::Device(args) => runtime.block_on(device_cli::run(args)),
+        Command::Run(args) => run_cli::main(args),
+        Command::Device(args) => {
+            init_tracing("warn");
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("essl-agent: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(device_cli::run(args))
+        }
     }
+}
+
+/// Logs to stderr; `RUST_LOG` wins over `default_filter`.
+fn init_tracing(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default_filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }

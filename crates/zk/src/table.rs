@@ -37,10 +37,10 @@ fn infer<L: Layout>(len: usize, count_hint: Option<usize>) -> Option<L> {
     if len == 0 {
         return L::PREFERENCE.first().copied();
     }
-    let dividing = || L::PREFERENCE.iter().copied().filter(|l| len % l.size() == 0);
+    let dividing = || L::PREFERENCE.iter().copied().filter(|l| len.is_multiple_of(l.size()));
     match count_hint.filter(|&c| c > 0) {
         Some(count) => {
-            if len % count == 0
+            if len.is_multiple_of(count)
                 && let Some(exact) = dividing().find(|l| l.size() == len / count)
             {
                 return Some(exact);

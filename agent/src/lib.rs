@@ -1,0 +1,12 @@
+//! `essl-agent`: the office-LAN side of essl-relay.
+//!
+//! - [`config`]: flags, environment and `agent.toml`, validated once; the token is a [`config::Secret`].
+//! - [`relay`]: the outbound WebSocket to `essl-server` and the device work it asks for ([`relay::run`]).
+//! - [`addr`]: terminal addresses (shared with the `device` CLI); `host`: what `Hello` says about this computer.
+//!
+//! The binary (`main.rs`) adds the command line: `essl-agent run` and the `essl-agent device ...` CLI.
+
+pub mod addr;
+pub mod config;
+mod host;
+pub mod relay;

@@ -1,0 +1,111 @@
+//! A fresh database per test: a temporary SQLite file, or a PostgreSQL database created for the test and dropped
+//! after it (from `TEST_DATABASE_URL`; skipped with a `SKIPPED` line when unset, failed when
+//! `ESSL_REQUIRE_POSTGRES=1`).
+
+use sqlx::Connection;
+
+/// Which store to test against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database for one test.
+pub struct TestDb {
+    pub url: String,
+    pub backend: Backend,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    File(std::path::PathBuf),
+    Database { admin_url: String, name: String },
+}
+
+impl TestDb {
+    /// `None` when the backend is not available here (PostgreSQL without `TEST_DATABASE_URL`).
+    pub async fn new(backend: Backend) -> Option<TestDb> {
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        match backend {
+            Backend::Sqlite => {
+                let path = std::env::temp_dir().join(format!("essl-e2e-{tag}.db"));
+                Some(TestDb { url: format!("sqlite://{}", path.display()), backend, cleanup: Cleanup::File(path) })
+            }
+            Backend::Postgres => {
+                let Ok(admin_url) = std::env::var("TEST_DATABASE_URL") else {
+                    if std::env::var_os("ESSL_REQUIRE_POSTGRES").is_some() {
+                        panic!("ESSL_REQUIRE_POSTGRES is set but TEST_DATABASE_URL is not");
+                    }
+                    println!("SKIPPED postgres e2e test: set TEST_DATABASE_URL");
+                    return None;
+                };
+                let name = format!("essl_e2e_{}", &tag[..16]);
+                let mut conn = sqlx::PgConnection::connect(&admin_url).await.expect("TEST_DATABASE_URL connects");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create database");
+                let url = replace_db(&admin_url, &name);
+                Some(TestDb { url, backend, cleanup: Cleanup::Database { admin_url, name } })
+            }
+        }
+    }
+}
+
+/// The same server URL with another database name.
+fn replace_db(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let path_start = base[scheme_end..].find('/').map(|i| i + scheme_end).unwrap_or(base.len());
+    let mut out = format!("{}/{name}", &base[..path_start]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        match &self.cleanup {
+            Cleanup::File(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+            Cleanup::Database { admin_url, name } => {
+                let (admin_url, name) = (admin_url.clone(), name.clone());
+                // Drop runs outside async; a short-lived thread with its own runtime does the cleanup.
+                let _ = std::thread::spawn(move || {
+                    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+                    rt.block_on(async {
+                        if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
+                            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                            )))
+                            .execute(&mut conn)
+                            .await;
+                        }
+                    });
+                })
+                .join();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_db;
+
+    #[test]
+    fn database_name_is_replaced() {
+        assert_eq!(replace_db("postgres://postgres@127.0.0.1:5432/test", "x"), "postgres://postgres@127.0.0.1:5432/x");
+        assert_eq!(replace_db("postgres://u:p@h/test?sslmode=disable", "x"), "postgres://u:p@h/x?sslmode=disable");
+        assert_eq!(replace_db("postgres://h:5432", "x"), "postgres://h:5432/x");
+    }
+}

@@ -1,0 +1,245 @@
+//! The test harness: a real `essl-server` (in-process, on port 0, with a real database), real agents (the agent's
+//! relay loop, in-process, over a real WebSocket) and simulated terminals. Nothing here is a mock.
+
+pub mod db;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use essl_server::app::{AppState, ServerConfig};
+use essl_server::auth::token;
+use essl_server::hub::{HubConfig, HubEvent};
+use essl_server::store::Store;
+use essl_server::store::model::Role;
+use essl_zk_sim::{Fixture, Simulator, Terminal, TerminalConfig};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+pub use db::{Backend, TestDb};
+
+/// Hub timing for tests: fast probes and liveness so tests do not wait long.
+pub fn test_hub() -> HubConfig {
+    HubConfig {
+        ping_interval: Duration::from_secs(2),
+        hello_timeout: Duration::from_secs(5),
+        probe_interval: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(10),
+        sync_timeout: Duration::from_secs(120),
+    }
+}
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub admin: String,
+    pub staff: String,
+    http: reqwest::Client,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    pub async fn start(db: &TestDb) -> Server {
+        Self::start_with(db, test_hub()).await
+    }
+
+    pub async fn start_with(db: &TestDb, hub: HubConfig) -> Server {
+        init_tracing();
+        let store = Store::connect(&db.url).await.expect("database opens and migrates");
+        let admin = api_token(&store, "admin", Role::Admin).await;
+        let staff = api_token(&store, "staff", Role::Staff).await;
+        let state = AppState::new(store, ServerConfig { hub, grace: Duration::from_secs(5) });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        let task =
+            tokio::spawn(essl_server::app::run(listener, state.clone(), async move { signal.cancelled().await }));
+        Server { addr, state, admin, staff, http: reqwest::Client::new(), stop, task }
+    }
+
+    /// Graceful shutdown, as on SIGTERM.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/agent/ws", self.addr)
+    }
+
+    pub fn events(&self) -> broadcast::Receiver<HubEvent> {
+        self.state.hub.subscribe()
+    }
+
+    /// A request with a bearer token; the answer's status and JSON (or `Value::Null` for an empty body).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = tokio::time::timeout(Duration::from_secs(60), req.send())
+            .await
+            .expect("answer within 60 s")
+            .expect("HTTP request");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        let value =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        (status, value)
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, path, Some(&self.admin.clone()), Some(body)).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, Some(&self.admin.clone()), None).await
+    }
+
+    /// Raw request: method, path, token, content type and body bytes.
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, self.url(path)).header("content-type", "application/json").body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("HTTP request");
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Registers a terminal at `addr` for `site`; returns its id.
+    pub async fn add_device(&self, name: &str, addr: SocketAddr, site: &str) -> String {
+        let (status, body) = self
+            .post(
+                "/api/devices",
+                serde_json::json!({"name": name, "ipAddress": addr.ip().to_string(), "port": addr.port(),
+                    "site": site, "timezone": "Asia/Kolkata"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().expect("device id").to_owned()
+    }
+
+    /// Creates an agent token for `site`; returns (agent id, token).
+    pub async fn add_agent(&self, name: &str, site: &str) -> (String, String) {
+        let (status, body) = self.post("/api/agents", serde_json::json!({"name": name, "site": site})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        (body["agent"]["id"].as_str().expect("agent id").to_owned(), body["token"].as_str().expect("token").to_owned())
+    }
+}
+
+/// Logs to the test's output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+async fn api_token(store: &Store, name: &str, role: Role) -> String {
+    let t = token::generate(token::API_PREFIX).expect("random");
+    store.create_api_token_with_id(t.id, name, role, &t.hash).await.expect("token stored");
+    t.token.expose().to_owned()
+}
+
+/// A running agent (the real relay loop).
+pub struct Agent {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Agent {
+    pub fn start(server: &Server, token: &str) -> Agent {
+        let url = essl_agent::config::ServerUrl::parse(&server.ws_url()).expect("url");
+        let mut config = essl_agent::config::Config::new(url, essl_agent::config::Secret::new(token));
+        config.timing.backoff_min = Duration::from_millis(50);
+        config.timing.backoff_max = Duration::from_millis(500);
+        config.timing.going_away_min = Duration::from_millis(10);
+        config.timing.going_away_max = Duration::from_millis(100);
+        config.timing.ping_interval = Duration::from_secs(2);
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = essl_agent::relay::run(config, signal).await {
+                panic!("agent failed to start: {e}");
+            }
+        });
+        Agent { stop, task }
+    }
+
+    /// Ends the agent as a crash would: the task and its connection vanish without a goodbye.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+
+    /// Ends the agent politely.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+/// A simulated terminal on 127.0.0.1.
+pub async fn terminal(fixture: &Fixture) -> Simulator {
+    let t = Terminal::new(fixture, TerminalConfig { max_sessions: 64, ..TerminalConfig::default() }).expect("fixture");
+    Simulator::start("127.0.0.1:0".parse().expect("addr"), t).await.expect("simulator binds")
+}
+
+/// Waits for a hub event matching `pred`, at most `within`.
+pub async fn wait_event(
+    events: &mut broadcast::Receiver<HubEvent>,
+    within: Duration,
+    pred: impl Fn(&HubEvent) -> bool,
+) -> HubEvent {
+    tokio::time::timeout(within, async {
+        loop {
+            match events.recv().await {
+                Ok(e) if pred(&e) => return e,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => panic!("hub closed"),
+            }
+        }
+    })
+    .await
+    .expect("expected hub event did not come in time")
+}
+
+/// Waits until the agent reported the device reachable.
+pub async fn wait_reachable(server: &Server, device_id: &str, agent_id: &str) {
+    let device: uuid::Uuid = device_id.parse().expect("uuid");
+    let agent: uuid::Uuid = agent_id.parse().expect("uuid");
+    let mut events = server.events();
+    if server.state.hub.reachability(device).iter().any(|r| r.agent_id == agent && r.reachable) {
+        return;
+    }
+    wait_event(&mut events, Duration::from_secs(15), |e| {
+        matches!(e, HubEvent::Reachability { device_id, agent_id, reachable: true } if *device_id == device && *agent_id == agent)
+    })
+    .await;
+}

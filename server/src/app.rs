@@ -1,0 +1,128 @@
+//! The running server: shared state, the listener loop, graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::auth::Auth;
+use crate::hub::session::{SessionCtx, device_specs};
+use crate::hub::{Hub, HubConfig, HubEvent};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Everything a handler may use; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub hub: Hub,
+    pub auth: Auth,
+    /// Cancelled when the server begins to shut down.
+    pub shutdown: CancellationToken,
+    pub config: Arc<ServerConfig>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Settings of a running server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub hub: HubConfig,
+    /// How long in-flight HTTP requests may take to finish after a shutdown signal.
+    pub grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { hub: HubConfig::default(), grace: Duration::from_secs(20) }
+    }
+}
+
+impl AppState {
+    pub fn new(store: Store, config: ServerConfig) -> AppState {
+        AppState {
+            auth: Auth::new(store.clone()),
+            hub: Hub::new(config.hub.clone()),
+            store,
+            shutdown: CancellationToken::new(),
+            config: Arc::new(config),
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+
+    /// Background work of a running server: metrics follow the hub's events.
+    pub fn start_background(&self) {
+        let mut events = self.hub.subscribe();
+        let metrics = self.metrics.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    e = events.recv() => e,
+                };
+                match event {
+                    Ok(HubEvent::PunchesStored { inserted, .. }) => {
+                        metrics.punches_stored.inc_by(inserted);
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
+    pub fn session_ctx(&self) -> SessionCtx {
+        SessionCtx { hub: self.hub.clone(), store: self.store.clone(), shutdown: self.shutdown.clone() }
+    }
+
+    /// Tells the site's connected agents its device list changed.
+    pub async fn notify_site(&self, site_id: Option<Uuid>) {
+        let Some(site_id) = site_id else { return };
+        match self.store.devices_for_site(site_id).await {
+            Ok(devices) => self.hub.devices_changed(site_id, device_specs(&devices)),
+            Err(error) => tracing::warn!(%error, %site_id, "cannot tell agents about device changes"),
+        }
+    }
+}
+
+/// Serves HTTP (and agent WebSockets) on `listener` until `shutdown` completes; then stops accepting, lets
+/// in-flight requests finish within the grace period, tells agents to reconnect elsewhere, and returns.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    state.start_background();
+    let app = crate::http::router(state.clone());
+    let signal = state.shutdown.clone();
+    let stop = {
+        let state = state.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new requests, finishing in-flight ones");
+            state.shutdown.cancel();
+        }
+    };
+    tokio::spawn(stop);
+    let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move { signal.cancelled().await });
+    let grace = state.config.grace;
+    let result = match tokio::time::timeout(grace + Duration::from_secs(1), async {
+        // Agents are told once HTTP work has had its chance; their sessions end when `shutdown` is cancelled.
+        serve.await
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!("in-flight requests did not finish within the grace period");
+            Ok(())
+        }
+    };
+    state.hub.close_all(essl_wire::close::GOING_AWAY, "server shutting down");
+    result
+}

@@ -1,0 +1,284 @@
+//! One agent's WebSocket, from `Hello` to close: handshake with a deadline, then a reader (this task) and a writer
+//! (its own task, fed by the hub and by pings). Anything undecodable closes this connection only.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use essl_wire::{AgentMsg, DeviceSpec, ServerMsg, close};
+use futures_util::{SinkExt, StreamExt};
+use jiff::Timestamp;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{AgentPresence, Hub, HubEvent, Outbound};
+use crate::ingest;
+use crate::store::Store;
+use crate::store::model::{Agent, Device};
+
+/// Everything a session needs, passed explicitly.
+#[derive(Clone)]
+pub struct SessionCtx {
+    pub hub: Hub,
+    pub store: Store,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+}
+
+/// The WebSocket spec of a site's devices.
+pub fn device_specs(devices: &[Device]) -> Vec<DeviceSpec> {
+    devices
+        .iter()
+        .filter(|d| d.active && d.kind == crate::store::model::DeviceKind::Pull)
+        .map(|d| DeviceSpec {
+            id: d.id.to_string(),
+            name: d.name.clone(),
+            addr: format!("{}:{}", d.ip_address, d.port),
+            udp: d.udp,
+            comm_key: d.comm_key,
+        })
+        .collect()
+}
+
+/// Serves one authenticated agent until it goes away, is revoked, or the server shuts down.
+pub async fn serve(ws: WebSocket, agent: Agent, ctx: SessionCtx) {
+    let (mut sink, mut stream) = ws.split();
+    let cfg = ctx.hub.config().clone();
+
+    // Handshake.
+    let hello = match tokio::time::timeout(cfg.hello_timeout, stream.next()).await {
+        Ok(Some(Ok(Message::Binary(bytes)))) => essl_wire::decode_agent(&bytes).ok(),
+        _ => None,
+    };
+    let Some(AgentMsg::Hello { min_protocol, max_protocol, agent_version, hostname, os }) = hello else {
+        let _ = sink.send(close_msg(close::PROTOCOL_ERROR, "expected Hello")).await;
+        return;
+    };
+    let Some(protocol) = essl_wire::negotiate(min_protocol, max_protocol) else {
+        tracing::warn!(agent_id = %agent.id, min_protocol, max_protocol, "agent speaks no protocol version we do");
+        let reason = format!(
+            "server speaks protocol {}..={}, agent {min_protocol}..={max_protocol}: upgrade the agent",
+            essl_wire::MIN_PROTOCOL_VERSION,
+            essl_wire::PROTOCOL_VERSION
+        );
+        let _ = sink.send(close_msg(close::INCOMPATIBLE, &reason)).await;
+        return;
+    };
+    let devices = match ctx.store.devices_for_site(agent.site_id).await {
+        Ok(d) => d,
+        Err(error) => {
+            tracing::error!(%error, "cannot load the site's devices");
+            let _ = sink.send(close_msg(close::GOING_AWAY, "server storage unavailable")).await;
+            return;
+        }
+    };
+    let welcome = ServerMsg::Welcome {
+        protocol,
+        agent_id: agent.id.to_string(),
+        site: agent.site_id.to_string(),
+        devices: device_specs(&devices),
+        probe_interval_ms: u64::try_from(cfg.probe_interval.as_millis()).unwrap_or(u64::MAX),
+    };
+    match essl_wire::encode_server(&welcome) {
+        Ok(bytes) => {
+            if sink.send(Message::Binary(bytes.into())).await.is_err() {
+                return;
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot encode Welcome");
+            return;
+        }
+    }
+    let now = Timestamp::now();
+    let (tx, rx) = mpsc::channel::<Outbound>(256);
+    let presence = AgentPresence {
+        agent_id: agent.id,
+        site_id: agent.site_id,
+        version: agent_version.clone(),
+        hostname: hostname.clone(),
+        os,
+        connected_since: now,
+        last_seen: now,
+    };
+    let (conn_id, kill) = ctx.hub.register(presence, tx.clone());
+    if let Err(error) = ctx.store.touch_agent(agent.id, now, Some(&agent_version), Some(&hostname)).await {
+        tracing::warn!(%error, "cannot record the agent's last contact");
+    }
+    tracing::info!(agent_id = %agent.id, %hostname, version = %agent_version, protocol, "agent connected");
+
+    let writer_done = CancellationToken::new();
+    let writer = tokio::spawn(write_loop(sink, rx, cfg.ping_interval, writer_done.clone()));
+    let reason = read_loop(&mut stream, &agent, &ctx, tx.clone(), cfg.ping_interval * 2, &writer_done, &kill).await;
+    tracing::info!(agent_id = %agent.id, reason, "agent session ended");
+    // Tell the peer why, unless the writer already closed for a reason of its own.
+    let _ = tx.try_send(Outbound::Close(close_code_for(reason), reason.to_owned()));
+    drop(tx);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    ctx.hub.unregister(agent.id, conn_id);
+    if let Err(error) = ctx.store.touch_agent(agent.id, Timestamp::now(), None, None).await {
+        tracing::debug!(%error, "cannot record the agent's last contact");
+    }
+}
+
+fn close_code_for(reason: &str) -> u16 {
+    match reason {
+        "silent" => close::SILENT,
+        "protocol error" => close::PROTOCOL_ERROR,
+        "shutdown" => close::GOING_AWAY,
+        "revoked" => close::UNAUTHORIZED,
+        _ => close::GOING_AWAY,
+    }
+}
+
+fn close_msg(code: u16, reason: &str) -> Message {
+    // Close reasons are limited to 123 bytes by the WebSocket spec.
+    let mut end = reason.len().min(120);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    Message::Close(Some(CloseFrame { code, reason: reason[..end].to_owned().into() }))
+}
+
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+    ping_every: Duration,
+    done: CancellationToken,
+) {
+    let mut ping = tokio::time::interval(ping_every);
+    ping.tick().await;
+    loop {
+        let msg = tokio::select! {
+            out = rx.recv() => match out {
+                Some(Outbound::Msg(m)) => match essl_wire::encode_server(&m) {
+                    Ok(bytes) => Message::Binary(bytes.into()),
+                    Err(error) => {
+                        tracing::error!(%error, "cannot encode a server message");
+                        continue;
+                    }
+                },
+                Some(Outbound::Close(code, reason)) => {
+                    let _ = sink.send(close_msg(code, &reason)).await;
+                    break;
+                }
+                None => break,
+            },
+            _ = ping.tick() => Message::Ping(Vec::new().into()),
+        };
+        if sink.send(msg).await.is_err() {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+    done.cancel();
+}
+
+/// Reads until the connection ends; returns why.
+async fn read_loop(
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    agent: &Agent,
+    ctx: &SessionCtx,
+    tx: mpsc::Sender<Outbound>,
+    silence: Duration,
+    writer_done: &CancellationToken,
+    kill: &CancellationToken,
+) -> &'static str {
+    loop {
+        let frame = tokio::select! {
+            _ = kill.cancelled() => return "revoked",
+            _ = ctx.shutdown.cancelled() => return "shutdown",
+            _ = writer_done.cancelled() => return "closed by server",
+            f = tokio::time::timeout(silence, stream.next()) => f,
+        };
+        let msg = match frame {
+            Err(_) => return "silent",
+            Ok(None) => return "connection closed",
+            Ok(Some(Err(_))) => return "connection error",
+            Ok(Some(Ok(m))) => m,
+        };
+        ctx.hub.touch(agent.id);
+        let bytes = match msg {
+            Message::Binary(b) => b,
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Close(_) => return "closed by agent",
+            Message::Text(_) => return "protocol error",
+        };
+        let Ok(msg) = essl_wire::decode_agent(&bytes) else {
+            tracing::warn!(agent_id = %agent.id, len = bytes.len(), "undecodable message from agent");
+            return "protocol error";
+        };
+        if handle(msg, agent, ctx, &tx).await.is_err() {
+            return "protocol error";
+        }
+    }
+}
+
+struct Violation;
+
+async fn handle(msg: AgentMsg, agent: &Agent, ctx: &SessionCtx, tx: &mpsc::Sender<Outbound>) -> Result<(), Violation> {
+    match msg {
+        AgentMsg::Hello { .. } => return Err(Violation),
+        AgentMsg::Response { id, outcome } => ctx.hub.complete(agent.id, id, outcome),
+        AgentMsg::Progress { id, done, total } => {
+            if let Some(device_id) = ctx.hub.pending_device(agent.id, id) {
+                ctx.hub.emit(HubEvent::SyncProgress { device_id, done, total });
+            }
+        }
+        AgentMsg::Reachability { reports } => {
+            let mut own = Vec::with_capacity(reports.len());
+            for r in reports {
+                let Ok(device_id) = Uuid::try_parse(&r.device) else { continue };
+                if device_in_site(ctx, device_id, agent.site_id).await {
+                    own.push((device_id, r));
+                }
+            }
+            ctx.hub.record_reach(agent.id, &own);
+        }
+        AgentMsg::Punches { batch, device, request, records } => {
+            let Ok(device_id) = Uuid::try_parse(&device) else { return Err(Violation) };
+            if records.len() > essl_wire::MAX_PUNCHES_PER_BATCH {
+                return Err(Violation);
+            }
+            let device = match ctx.store.get_device(device_id).await {
+                Ok(Some(d)) if d.site_id == Some(agent.site_id) => d,
+                Ok(_) => {
+                    tracing::warn!(agent_id = %agent.id, %device_id, "punches for a device outside the agent's site");
+                    return Err(Violation);
+                }
+                Err(error) => {
+                    // Not acknowledged: the agent keeps the batch and the request fails now rather than later.
+                    tracing::error!(%error, %device_id, batch, "cannot load device for punches");
+                    if let Some(id) = request {
+                        ctx.hub.fail(agent.id, id, essl_wire::ErrorKind::Internal, "storage unavailable".into());
+                    }
+                    return Ok(());
+                }
+            };
+            match ingest::store_punches(&ctx.store, &device, &records).await {
+                Ok(stats) => {
+                    if let Some(id) = request {
+                        ctx.hub.add_stored(agent.id, id, records.len() as u64, stats.inserted);
+                    }
+                    if stats.inserted > 0 {
+                        ctx.hub.emit(HubEvent::PunchesStored { device_id, inserted: stats.inserted });
+                    }
+                    if tx.send(Outbound::Msg(ServerMsg::Ack { batch })).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, %device_id, batch, "cannot store punches; batch not acknowledged");
+                    if let Some(id) = request {
+                        ctx.hub.fail(agent.id, id, essl_wire::ErrorKind::Internal, format!("storage failed: {error}"));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn device_in_site(ctx: &SessionCtx, device_id: Uuid, site_id: Uuid) -> bool {
+    matches!(ctx.store.get_device(device_id).await, Ok(Some(d)) if d.site_id == Some(site_id))
+}
