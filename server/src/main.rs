@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use essl_server::app::{AppState, ServerConfig};
-use essl_server::auth::token;
+use essl_server::auth::{SupabaseConfig, token};
 use essl_server::store::Store;
 use essl_server::store::model::Role;
 
@@ -48,6 +48,15 @@ struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long, env = "ESSL_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Supabase project URL (https://<project>.supabase.co): accept Supabase-issued JWTs signed with the
+    /// project's signing keys (ES256/RS256; public keys fetched from <url>/auth/v1/.well-known/jwks.json), and
+    /// require the issuer <url>/auth/v1 of every Supabase token.
+    #[arg(long, env = "ESSL_SUPABASE_URL", value_name = "URL")]
+    supabase_url: Option<String>,
+    /// Supabase project's legacy JWT secret: accept Supabase-issued HS256 JWTs signed with it. Prefer the
+    /// environment variable: command lines are visible to other users of the machine.
+    #[arg(long, env = "ESSL_SUPABASE_JWT_SECRET", hide_env_values = true, value_name = "SECRET")]
+    supabase_jwt_secret: Option<token::Secret>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,7 +141,17 @@ async fn create_token(role: RoleArg, name: &str, db: &DbArgs) -> anyhow::Result<
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let store = open_store(&args.db).await?;
-    let state = AppState::new(store, ServerConfig::default());
+    let mut state = AppState::new(store, ServerConfig::default());
+    let secret = args.supabase_jwt_secret.map(|s| s.expose().to_owned());
+    if let Some(config) = SupabaseConfig::new(secret, args.supabase_url) {
+        state.auth = state.auth.clone().with_supabase(config).context("Supabase logins")?;
+        let supabase = state.auth.supabase();
+        tracing::info!(
+            hs256 = supabase.is_some_and(|s| s.accepts_hs256()),
+            issuer = supabase.and_then(|s| s.issuer()).unwrap_or("(not checked)"),
+            "accepting Supabase JWTs"
+        );
+    }
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;

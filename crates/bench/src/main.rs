@@ -1,7 +1,11 @@
-//! `essl-bench`: benchmarks that print figures and ratios. Each starts what it measures as real processes on
-//! loopback, so anyone can run them: `cargo run --release -p essl-bench -- zk-read`.
+//! `essl-bench`: benchmarks that print figures and ratios, on loopback, so anyone can run them:
+//! `cargo run --release -p essl-bench -- zk-read` (against an `essl-sim` process), `-- sync` and `-- check`
+//! (server, agent and simulated terminal in this process, with the end-to-end harness of `essl-e2e`).
 
+mod check;
+mod office;
 mod stats;
+mod sync;
 mod zk_read;
 
 use clap::{Parser, Subcommand};
@@ -17,12 +21,23 @@ struct Cli {
 enum Bench {
     /// Read N attendance records from `essl-sim` over loopback TCP: our client against pyzk, same simulator.
     ZkRead(zk_read::Args),
+    /// Sync N records end to end (simulator, agent, WebSocket, server, database) and the store's batched insert
+    /// against one INSERT per row, on SQLite and PostgreSQL.
+    Sync(sync::Args),
+    /// Latency of `POST /api/essl/check-device` through the relay against a direct probe of the same terminal.
+    Check(check::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // The client alone on one thread; server, agent and terminal together on a runtime like the server's.
+    let runtime = match cli.bench {
+        Bench::ZkRead(_) => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        Bench::Sync(_) | Bench::Check(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
+    };
     match cli.bench {
         Bench::ZkRead(args) => runtime.block_on(zk_read::run(args)),
+        Bench::Sync(args) => runtime.block_on(sync::run(args)),
+        Bench::Check(args) => runtime.block_on(check::run(args)),
     }
 }

@@ -61,6 +61,25 @@ impl Server {
         Server { addr, state, admin, staff, http: reqwest::Client::new(), stop, task }
     }
 
+    /// The same server over TLS (`https`/`wss`) with the PEM certificate chain and key at the given paths.
+    pub async fn start_tls(db: &TestDb, cert: &std::path::Path, key: &std::path::Path) -> Server {
+        init_tracing();
+        let store = Store::connect(&db.url).await.expect("database opens and migrates");
+        let admin = api_token(&store, "admin", Role::Admin).await;
+        let staff = api_token(&store, "staff", Role::Staff).await;
+        let state = AppState::new(store, ServerConfig { hub: test_hub(), grace: Duration::from_secs(5) });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        let (cert, key) = (cert.to_owned(), key.to_owned());
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            essl_server::tls::serve(listener, st, &cert, &key, async move { signal.cancelled().await }).await
+        });
+        Server { addr, state, admin, staff, http: reqwest::Client::new(), stop, task }
+    }
+
     /// Graceful shutdown, as on SIGTERM.
     pub async fn stop(self) {
         self.stop.cancel();
@@ -176,8 +195,14 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(server: &Server, token: &str) -> Agent {
-        let url = essl_agent::config::ServerUrl::parse(&server.ws_url()).expect("url");
+        Self::start_with(&server.ws_url(), token, Vec::new())
+    }
+
+    /// An agent for `url` (ws:// or wss://) trusting `extra_roots` besides the system's.
+    pub fn start_with(url: &str, token: &str, extra_roots: Vec<Vec<u8>>) -> Agent {
+        let url = essl_agent::config::ServerUrl::parse(url).expect("url");
         let mut config = essl_agent::config::Config::new(url, essl_agent::config::Secret::new(token));
+        config.extra_roots = extra_roots.into_iter().map(Into::into).collect();
         config.timing.backoff_min = Duration::from_millis(50);
         config.timing.backoff_max = Duration::from_millis(500);
         config.timing.going_away_min = Duration::from_millis(10);

@@ -5,29 +5,65 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiQuery, Caller};
-use super::validate;
+use super::{List, openapi, validate};
 use crate::app::AppState;
 use crate::store::model::{AttendanceFilter, AttendanceRow, Cursor};
 
-/// Query of `GET /api/attendance`.
-#[derive(Debug, Default, Deserialize)]
+/// Query of `GET /api/attendance`. Unknown parameters are refused (400).
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AttendanceQuery {
+    /// Only this device's punches.
+    #[param(format = Uuid)]
     pub device_id: Option<String>,
+    /// Only this user's punches (the PIN on the terminal), 1 to 64 characters.
+    #[param(max_length = 64)]
     pub user_id: Option<String>,
     /// RFC 3339 instant, inclusive.
+    #[param(format = DateTime, example = "2025-11-24T00:00:00Z")]
     pub from: Option<String>,
     /// RFC 3339 instant, exclusive.
+    #[param(format = DateTime)]
     pub to: Option<String>,
+    /// Page size: 1 to 1000, default 100 (JSON); 1 to 100000, default 100000 (CSV).
+    #[param(minimum = 1, maximum = 100_000)]
     pub limit: Option<u32>,
+    /// `nextCursor` of the previous page (JSON) or its `X-Next-Cursor` header (CSV).
     pub cursor: Option<String>,
     /// `json` (default) or `csv`.
+    #[param(schema_with = openapi::attendance_format)]
     pub format: Option<String>,
+}
+
+/// One punch.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttendanceItem {
+    pub device_id: Uuid,
+    /// The user's PIN on the terminal.
+    pub user_id: String,
+    /// The terminal's internal user number.
+    pub uid: i32,
+    /// The terminal's wall-clock time, no offset.
+    #[schema(example = "2025-11-24T09:01:02")]
+    pub local_time: String,
+    /// The instant, from `localTime` in the device's time zone.
+    #[schema(format = DateTime, example = "2025-11-24T03:31:02Z")]
+    pub punched_at: String,
+    /// The terminal's verify-type byte (see `verify`).
+    pub status: i16,
+    /// The terminal's punch byte (check in, check out, ...).
+    pub punch: i16,
+    /// `status` as a word: `password`, `fingerprint`, `card`, `face` or `other`.
+    pub verify: &'static str,
+    pub flags: i32,
 }
 
 const MAX_PAGE: u32 = 1_000;
@@ -64,18 +100,18 @@ pub fn verify_label(status: i16) -> &'static str {
     }
 }
 
-fn row_json(r: &AttendanceRow) -> Value {
-    json!({
-        "deviceId": r.device_id,
-        "userId": r.user_id,
-        "uid": r.uid,
-        "localTime": r.local_time.strftime("%Y-%m-%dT%H:%M:%S").to_string(),
-        "punchedAt": r.punched_at.to_string(),
-        "status": r.status,
-        "punch": r.punch,
-        "verify": verify_label(r.status),
-        "flags": r.flags,
-    })
+fn item(r: &AttendanceRow) -> AttendanceItem {
+    AttendanceItem {
+        device_id: r.device_id,
+        user_id: r.user_id.clone(),
+        uid: r.uid,
+        local_time: r.local_time.strftime("%Y-%m-%dT%H:%M:%S").to_string(),
+        punched_at: r.punched_at.to_string(),
+        status: r.status,
+        punch: r.punch,
+        verify: verify_label(r.status),
+        flags: r.flags,
+    }
 }
 
 /// A CSV field, quoted when needed; a leading `= + - @` is defused so spreadsheets do not run it as a formula.
@@ -84,7 +120,28 @@ fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s }
 }
 
-/// `GET /api/attendance`
+/// Stored punches, filtered, newest first, as JSON pages or CSV (`GET /api/attendance`).
+#[utoipa::path(
+    get,
+    path = "/api/attendance",
+    operation_id = "listAttendance",
+    tag = "attendance",
+    security(("bearer" = [])),
+    params(AttendanceQuery),
+    responses(
+        (status = 200, description = "Punches, newest first (any role). JSON: one page, `nextCursor` `null` on the \
+            last; CSV (`format=csv`): a file with the same columns, the next page's cursor in `X-Next-Cursor`.",
+            headers(("X-Next-Cursor" = String, description = "CSV only, when more rows may follow")),
+            content(
+                (List<AttendanceItem> = "application/json"),
+                (String = "text/csv; charset=utf-8"),
+            )),
+        (status = 400, description = "A parameter out of its rules, an unknown parameter, or a cursor this server \
+            did not issue", body = ErrorBody),
+        (status = 401, description = openapi::UNAUTHORIZED, body = ErrorBody),
+        (status = 503, description = openapi::UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     _caller: Caller,
@@ -145,8 +202,8 @@ pub async fn list(
         }
         return Ok(resp);
     }
-    let items: Vec<Value> = page.rows.iter().map(row_json).collect();
-    Ok(Json(json!({"items": items, "nextCursor": next})).into_response())
+    let items = page.rows.iter().map(item).collect();
+    Ok(Json(List { items, next_cursor: next }).into_response())
 }
 
 #[cfg(test)]

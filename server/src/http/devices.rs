@@ -3,91 +3,169 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{Admin, ApiJson, Caller};
 use super::validate;
+use super::{List, openapi};
 use crate::app::AppState;
 use crate::store::model::{Device, DeviceKind, DevicePatch, NewDevice};
 
-/// Body of `POST /api/devices`.
-#[derive(Debug, Deserialize)]
+/// Body of `POST /api/devices`. Unknown fields are refused (422).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateDevice {
+    /// 1 to 100 characters.
     pub name: String,
+    /// `pull` (default: an agent polls it) or `push` (it sends to the server).
     #[serde(default)]
+    #[schema(schema_with = openapi::device_kind)]
     pub kind: Option<String>,
+    /// IP address or host name; required for `pull` devices.
     #[serde(default)]
     pub ip_address: Option<String>,
+    /// 1 to 65535; default 4370.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: Option<u32>,
+    /// The terminal's comm key, 0 to 999999 (default 0, none). Write-only: answers only say `hasCommKey`.
     #[serde(default)]
+    #[schema(maximum = 999_999, write_only)]
     pub comm_key: Option<u32>,
+    /// `tcp` (default) or `udp`.
     #[serde(default)]
+    #[schema(schema_with = openapi::transport)]
     pub transport: Option<String>,
+    /// 1 to 64 printable ASCII characters; required for `push` devices; unique.
     #[serde(default)]
     pub serial_number: Option<String>,
+    /// IANA time zone of the terminal's clock; default `UTC`.
     #[serde(default)]
+    #[schema(example = "Asia/Kolkata")]
     pub timezone: Option<String>,
+    /// Site name (created if new): the agents of that site reach the device.
     #[serde(default)]
     pub site: Option<String>,
+    /// Default `true`.
     #[serde(default)]
     pub active: Option<bool>,
 }
 
-/// Body of `PATCH /api/devices/{id}`: only the fields present change; `null` clears the optional ones.
-#[derive(Debug, Default, Deserialize)]
+/// Body of `PATCH /api/devices/{id}`: only the fields present change; `null` clears `serialNumber` and `site`.
+/// The same rules as for creating one; `kind` cannot change. Unknown fields are refused (422).
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateDevice {
+    #[schema(nullable = false)]
     pub name: Option<String>,
+    #[schema(nullable = false)]
     pub ip_address: Option<String>,
+    #[schema(nullable = false, minimum = 1, maximum = 65535)]
     pub port: Option<u32>,
+    #[schema(nullable = false, maximum = 999_999, write_only)]
     pub comm_key: Option<u32>,
+    #[schema(schema_with = openapi::transport)]
     pub transport: Option<String>,
     #[serde(default, deserialize_with = "validate::double_option")]
+    #[schema(value_type = Option<String>)]
     pub serial_number: Option<Option<String>>,
+    #[schema(nullable = false)]
     pub timezone: Option<String>,
     #[serde(default, deserialize_with = "validate::double_option")]
+    #[schema(value_type = Option<String>)]
     pub site: Option<Option<String>>,
+    #[schema(nullable = false)]
     pub active: Option<bool>,
 }
 
 /// A device as the API shows it (never the comm key).
-pub async fn device_json(state: &AppState, d: &Device) -> Result<Value, ApiError> {
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceView {
+    pub id: Uuid,
+    pub name: String,
+    #[schema(schema_with = openapi::device_kind)]
+    pub kind: &'static str,
+    /// Empty for a push device whose address is unknown.
+    pub ip_address: String,
+    pub port: u16,
+    #[schema(schema_with = openapi::transport)]
+    pub transport: &'static str,
+    pub serial_number: Option<String>,
+    /// IANA time zone of the terminal's clock.
+    pub timezone: String,
+    /// Site name.
+    pub site: Option<String>,
+    pub active: bool,
+    pub has_comm_key: bool,
+    /// Whether a connected agent reports the device reachable.
+    pub reachable: bool,
+    /// The agents that reach it.
+    pub reachable_via: Vec<DeviceReach>,
+    /// Start of the latest sync attempt.
+    #[schema(format = DateTime)]
+    pub last_sync_time: Option<String>,
+    /// `success`, `failed` or `in_progress`.
+    pub last_sync_status: Option<&'static str>,
+    /// Punches stored for the device.
+    pub record_count: i64,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+}
+
+/// An agent that reaches a device, by its latest probe.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceReach {
+    pub agent_id: Uuid,
+    /// Round-trip time of the probe.
+    pub rtt_ms: Option<f64>,
+    #[schema(format = DateTime)]
+    pub checked_at: String,
+}
+
+/// A device as the API shows it.
+pub async fn device_view(state: &AppState, d: &Device) -> Result<DeviceView, ApiError> {
     let site = match d.site_id {
         Some(id) => state.store.get_site(id).await?.map(|s| s.name),
         None => None,
     };
     let reach = state.hub.reachability(d.id);
-    let via: Vec<Value> = reach
+    let via: Vec<DeviceReach> = reach
         .iter()
         .filter(|r| r.reachable)
-        .map(|r| json!({"agentId": r.agent_id, "rttMs": r.rtt_us.map(|us| us as f64 / 1000.0), "checkedAt": r.checked_at.to_string()}))
+        .map(|r| DeviceReach {
+            agent_id: r.agent_id,
+            rtt_ms: r.rtt_us.map(|us| us as f64 / 1000.0),
+            checked_at: r.checked_at.to_string(),
+        })
         .collect();
     let last = state.store.latest_sync(d.id).await?;
-    Ok(json!({
-        "id": d.id,
-        "name": d.name,
-        "kind": match d.kind { DeviceKind::Pull => "pull", DeviceKind::Push => "push" },
-        "ipAddress": d.ip_address,
-        "port": d.port,
-        "transport": if d.udp { "udp" } else { "tcp" },
-        "serialNumber": d.serial_number,
-        "timezone": d.timezone,
-        "site": site,
-        "active": d.active,
-        "hasCommKey": d.comm_key != 0,
-        "reachable": !via.is_empty(),
-        "reachableVia": via,
-        "lastSyncTime": last.as_ref().map(|s| s.last_sync_time.to_string()),
-        "lastSyncStatus": last.as_ref().map(|s| s.sync_status.as_str()),
-        "recordCount": state.store.count_attendance(Some(d.id)).await?,
-        "createdAt": d.created_at.to_string(),
-        "updatedAt": d.updated_at.to_string(),
-    }))
+    Ok(DeviceView {
+        id: d.id,
+        name: d.name.clone(),
+        kind: d.kind.as_str(),
+        ip_address: d.ip_address.clone(),
+        port: d.port,
+        transport: if d.udp { "udp" } else { "tcp" },
+        serial_number: d.serial_number.clone(),
+        timezone: d.timezone.clone(),
+        site,
+        active: d.active,
+        has_comm_key: d.comm_key != 0,
+        reachable: !via.is_empty(),
+        reachable_via: via,
+        last_sync_time: last.as_ref().map(|s| s.last_sync_time.to_string()),
+        last_sync_status: last.as_ref().map(|s| s.sync_status.as_str()),
+        record_count: state.store.count_attendance(Some(d.id)).await?,
+        created_at: d.created_at.to_string(),
+        updated_at: d.updated_at.to_string(),
+    })
 }
 
 async fn site_id(state: &AppState, site: Option<&str>) -> Result<Option<Uuid>, ApiError> {
@@ -100,12 +178,31 @@ async fn site_id(state: &AppState, site: Option<&str>) -> Result<Option<Uuid>, A
     }
 }
 
-/// `POST /api/devices` (admin)
+/// Adds a device (`POST /api/devices`, admin).
+#[utoipa::path(
+    post,
+    path = "/api/devices",
+    operation_id = "createDevice",
+    tag = "devices",
+    security(("bearer" = [])),
+    request_body = CreateDevice,
+    responses(
+        (status = 201, description = "Created (admin role)", body = DeviceView),
+        (status = 400, description = openapi::MALFORMED_JSON, body = ErrorBody),
+        (status = 401, description = openapi::UNAUTHORIZED, body = ErrorBody),
+        (status = 403, description = openapi::FORBIDDEN, body = ErrorBody),
+        (status = 409, description = "The serial number is used by another device", body = ErrorBody),
+        (status = 413, description = openapi::TOO_LARGE, body = ErrorBody),
+        (status = 415, description = openapi::NOT_JSON, body = ErrorBody),
+        (status = 422, description = "Wrong shape, unknown field, or a value out of its rules", body = ErrorBody),
+        (status = 503, description = openapi::UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     _admin: Admin,
     ApiJson(body): ApiJson<CreateDevice>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<DeviceView>), ApiError> {
     validate::name("name", &body.name)?;
     let kind = validate::kind(body.kind.as_deref())?;
     let ip_address = body.ip_address.unwrap_or_default();
@@ -132,41 +229,90 @@ pub async fn create(
     };
     let device = state.store.create_device(&new).await?;
     state.notify_site(device.site_id).await;
-    Ok((StatusCode::CREATED, Json(device_json(&state, &device).await?)))
+    Ok((StatusCode::CREATED, Json(device_view(&state, &device).await?)))
 }
 
 fn essl_wire_port() -> u16 {
     4370
 }
 
-/// `GET /api/devices`
-pub async fn list(State(state): State<AppState>, _caller: Caller) -> Result<Json<Value>, ApiError> {
+/// Lists the devices (`GET /api/devices`).
+#[utoipa::path(
+    get,
+    path = "/api/devices",
+    operation_id = "listDevices",
+    tag = "devices",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every device, active or not, in one page (`nextCursor` is `null`); any role",
+            body = List<DeviceView>),
+        (status = 401, description = openapi::UNAUTHORIZED, body = ErrorBody),
+        (status = 503, description = openapi::UNAVAILABLE, body = ErrorBody),
+    )
+)]
+pub async fn list(State(state): State<AppState>, _caller: Caller) -> Result<Json<List<DeviceView>>, ApiError> {
     let devices = state.store.list_devices(false).await?;
     let mut items = Vec::with_capacity(devices.len());
     for d in &devices {
-        items.push(device_json(&state, d).await?);
+        items.push(device_view(&state, d).await?);
     }
-    Ok(Json(json!({"items": items, "nextCursor": null})))
+    Ok(Json(List { items, next_cursor: None }))
 }
 
-/// `GET /api/devices/{id}`
+/// One device (`GET /api/devices/{id}`).
+#[utoipa::path(
+    get,
+    path = "/api/devices/{id}",
+    operation_id = "getDevice",
+    tag = "devices",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Device id")),
+    responses(
+        (status = 200, description = "The device (any role)", body = DeviceView),
+        (status = 400, description = "`id` is not a UUID", body = ErrorBody),
+        (status = 401, description = openapi::UNAUTHORIZED, body = ErrorBody),
+        (status = 404, description = "No such device", body = ErrorBody),
+        (status = 503, description = openapi::UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     _caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeviceView>, ApiError> {
     let id = validate::uuid("device id", &id)?;
     let device = state.store.get_device(id).await?.ok_or_else(|| ApiError::not_found("device"))?;
-    Ok(Json(device_json(&state, &device).await?))
+    Ok(Json(device_view(&state, &device).await?))
 }
 
-/// `PATCH /api/devices/{id}` (admin)
+/// Changes a device (`PATCH /api/devices/{id}`, admin).
+#[utoipa::path(
+    patch,
+    path = "/api/devices/{id}",
+    operation_id = "updateDevice",
+    tag = "devices",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Device id")),
+    request_body = UpdateDevice,
+    responses(
+        (status = 200, description = "The updated device (admin role)", body = DeviceView),
+        (status = 400, description = "`id` is not a UUID, or malformed JSON", body = ErrorBody),
+        (status = 401, description = openapi::UNAUTHORIZED, body = ErrorBody),
+        (status = 403, description = openapi::FORBIDDEN, body = ErrorBody),
+        (status = 404, description = "No such device", body = ErrorBody),
+        (status = 409, description = "The serial number is used by another device", body = ErrorBody),
+        (status = 413, description = openapi::TOO_LARGE, body = ErrorBody),
+        (status = 415, description = openapi::NOT_JSON, body = ErrorBody),
+        (status = 422, description = "Wrong shape, unknown field, or a value out of its rules", body = ErrorBody),
+        (status = 503, description = openapi::UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn update(
     State(state): State<AppState>,
     _admin: Admin,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateDevice>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeviceView>, ApiError> {
     let id = validate::uuid("device id", &id)?;
     let before = state.store.get_device(id).await?.ok_or_else(|| ApiError::not_found("device"))?;
     if let Some(n) = &body.name {
@@ -205,10 +351,26 @@ pub async fn update(
     if device.site_id != before.site_id {
         state.notify_site(device.site_id).await;
     }
-    Ok(Json(device_json(&state, &device).await?))
+    Ok(Json(device_view(&state, &device).await?))
 }
 
-/// `DELETE /api/devices/{id}` (admin)
+/// Deletes a device with its punches and sync history (`DELETE /api/devices/{id}`, admin).
+#[utoipa::path(
+    delete,
+    path = "/api/devices/{id}",
+    operation_id = "deleteDevice",
+    tag = "devices",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Device id")),
+    responses(
+        (status = 204, description = "Deleted, with its attendance and sync history (admin role)"),
+        (status = 400, description = "`id` is not a UUID", body = ErrorBody),
+        (status = 401, description = openapi::UNAUTHORIZED, body = ErrorBody),
+        (status = 403, description = openapi::FORBIDDEN, body = ErrorBody),
+        (status = 404, description = "No such device", body = ErrorBody),
+        (status = 503, description = openapi::UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
     _admin: Admin,

@@ -4,9 +4,30 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::store::StoreError;
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"success": false, "error": {"code": "not_found", "message": "device not found"}}))]
+pub struct ErrorBody {
+    /// Always `false`.
+    pub success: bool,
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `bad_request` (400), `unauthorized` (401), `forbidden` (403), `not_found` (404),
+    /// `conflict` (409), `too_large` (413), `unsupported_media_type` (415), `invalid` (422), `internal` (500),
+    /// `device_error` (502), `unavailable` (503).
+    pub code: &'static str,
+    /// For people; may change between versions.
+    pub message: String,
+}
 
 /// An error answer.
 #[derive(Debug)]
@@ -52,7 +73,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"success": false, "error": {"code": self.code, "message": self.message}});
+        let body = ErrorBody { success: false, error: ErrorDetail { code: self.code, message: self.message } };
         (self.status, Json(body)).into_response()
     }
 }

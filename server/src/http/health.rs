@@ -3,30 +3,83 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
+use super::error::ErrorBody;
+use super::openapi;
 use crate::app::AppState;
 
-/// `GET /healthz`: the process answers.
-pub async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// The answer of `/healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: &'static str,
 }
 
-/// `GET /readyz`: the database answers and the server is not shutting down.
-pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+/// The answer of `/readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready`, `shutting down` or `database unavailable`.
+    pub status: &'static str,
+    /// `sqlite` or `postgres`; only when ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub database: Option<&'static str>,
+}
+
+/// Liveness: the process answers (`GET /healthz`).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "health",
+    responses((status = 200, description = "The process answers", body = Health))
+)]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Readiness: the database answers and the server is not shutting down (`GET /readyz`).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready: the database answers", body = Readiness),
+        (status = 503, description = "Shutting down, or the database does not answer (this body, not the error shape)",
+            body = Readiness),
+    )
+)]
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    let not_ready = |status| (StatusCode::SERVICE_UNAVAILABLE, Json(Readiness { status, database: None }));
     if state.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "shutting down"})));
+        return not_ready("shutting down");
     }
     match state.store.ping().await {
-        Ok(()) => (StatusCode::OK, Json(json!({"status": "ready", "database": state.store.backend()}))),
+        Ok(()) => (StatusCode::OK, Json(Readiness { status: "ready", database: Some(state.store.backend()) })),
         Err(error) => {
             tracing::warn!(%error, "readiness: database not answering");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "database unavailable"})))
+            not_ready("database unavailable")
         }
     }
 }
 
-/// `GET /metrics` (authenticated): Prometheus text format.
+/// Prometheus metrics, authenticated (`GET /metrics`).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "health",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Prometheus metrics (OpenMetrics text format); any role",
+            content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String),
+        (status = 401, description = openapi::UNAUTHORIZED, body = ErrorBody),
+        (status = 503, description = openapi::UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn metrics(
     State(state): State<AppState>,
     _caller: crate::http::extract::Caller,

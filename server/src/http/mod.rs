@@ -1,4 +1,7 @@
 //! The HTTP API: routes, extractors, errors. Handlers stay thin; the work is in `sync`, `hub` and `store`.
+//!
+//! Every route is registered once, in [`routes`], together with its OpenAPI operation (the `#[utoipa::path]` on its
+//! handler): the router and `/openapi.json` come from that one list, so the document cannot miss a route.
 
 pub mod agents;
 pub mod attendance;
@@ -6,34 +9,73 @@ pub mod devices;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod openapi;
 pub mod seed;
 pub mod validate;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// Every route of the server.
+/// A list, as every list route answers: `{"items": [...], "nextCursor": "..." | null}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct List<T> {
+    pub items: Vec<T>,
+    /// Pass it back as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Every route of the server with its OpenAPI operation. One `routes!` per path: the handlers given together
+/// share one path (utoipa-axum registers the combined methods on each path it is given).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(agents::ws))
+        .routes(routes!(seed::check_device))
+        .routes(routes!(seed::sync_attendance))
+        .routes(routes!(seed::sync_status))
+        .routes(routes!(devices::create, devices::list))
+        .routes(routes!(devices::get, devices::update, devices::delete))
+        .routes(routes!(agents::create, agents::list))
+        .routes(routes!(agents::revoke))
+        .routes(routes!(attendance::list))
+}
+
+/// The server's router: [`routes`], our 404 for anything else, the body limit.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/agent/ws", get(agents::ws))
-        .route("/api/essl/check-device", post(seed::check_device))
-        .route("/api/essl/sync-attendance", post(seed::sync_attendance))
-        .route("/api/essl/sync-status", get(seed::sync_status))
-        .route("/api/devices", post(devices::create).get(devices::list))
-        .route("/api/devices/{id}", get(devices::get).patch(devices::update).delete(devices::delete))
-        .route("/api/agents", post(agents::create).get(agents::list))
-        .route("/api/agents/{id}", axum::routing::delete(agents::revoke))
-        .route("/api/attendance", get(attendance::list))
+    let (router, _document) = routes().split_for_parts();
+    router
         .fallback(|| async { error::ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            error::ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed")
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(refuse_oversized))
         .with_state(state)
+}
+
+/// Refuses a body announced larger than [`MAX_BODY_BYTES`] from its `Content-Length` alone, before reading any of
+/// it; bodies without the header are still cut at the limit while they are read.
+async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let announced = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return axum::response::IntoResponse::into_response(error::ApiError::too_large());
+    }
+    next.run(req).await
 }

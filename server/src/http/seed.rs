@@ -4,21 +4,188 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody, ErrorDetail};
 use super::extract::{Caller, OptionalJson};
+use super::openapi;
 use crate::app::AppState;
 use crate::store::StoreError;
 use crate::sync;
 
-/// Optional body of the seed's POST routes.
-#[derive(Debug, Default, Deserialize)]
+/// Optional body of the seed's POST routes: no body, `{}` or no `deviceId` means every active pulled device.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceSelector {
     pub device_id: Option<Uuid>,
+}
+
+/// The answer of `POST /api/essl/check-device`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckDeviceResponse {
+    /// Always `true`.
+    pub success: bool,
+    /// Every device checked, reachable or not.
+    pub reachable_devices: Vec<ReachableDevice>,
+    pub reachable_count: usize,
+}
+
+/// One device of a check.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReachableDevice {
+    pub device_id: Uuid,
+    pub device_name: String,
+    pub ip_address: String,
+    /// Whether a connected agent reached the device just now.
+    pub reachable: bool,
+}
+
+/// `POST /api/essl/sync-attendance` with HTTP 200: synced, or the seed's cached-data answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum SyncOutcome {
+    Completed(SyncCompleted),
+    Unreachable(SyncUnreachable),
+}
+
+/// At least one device was synced (or there was none to sync).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncCompleted {
+    /// Always `true`.
+    pub success: bool,
+    /// `Attendance sync completed`, or `No active devices to sync`.
+    pub message: String,
+    /// Records new to the database.
+    pub total_records: u64,
+    pub stats: SyncStats,
+}
+
+/// No agent reached any of the devices: what the database holds instead (HTTP 200, as in the seed).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncUnreachable {
+    /// Always `false`.
+    pub success: bool,
+    /// Always `true`.
+    pub device_unreachable: bool,
+    /// `Device unreachable. Using cached data from N minutes ago.` or `Device unreachable. No cached data
+    /// available.`
+    pub message: String,
+    pub cached_data: CachedData,
+    pub stats: SyncStats,
+}
+
+/// The seed's `cachedData`: what is stored for the unreachable devices together.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedData {
+    pub available: bool,
+    /// Punches stored for these devices.
+    pub record_count: i64,
+    /// When the last successful sync started.
+    #[schema(format = DateTime)]
+    pub last_sync_time: Option<String>,
+    /// Records that sync stored.
+    pub last_sync_records: Option<i32>,
+    pub minutes_since_sync: Option<i64>,
+}
+
+/// Every device that was tried failed, and not for want of a connection (HTTP 502).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncFailed {
+    /// Always `false`.
+    pub success: bool,
+    /// Always `false`.
+    pub device_unreachable: bool,
+    /// `Attendance sync failed: ...`
+    pub message: String,
+    /// `code` is `device_error`.
+    pub error: ErrorDetail,
+    pub stats: SyncStats,
+}
+
+/// Figures of one sync call.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStats {
+    pub devices: Vec<DeviceSyncStats>,
+    /// Records the terminals sent.
+    pub records_read: u64,
+    /// Of those, rows new to the database.
+    pub new_records: u64,
+    /// Of those, rows already stored.
+    pub duplicates: u64,
+}
+
+/// How the sync of one device went.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceSyncStats {
+    pub device_id: Uuid,
+    pub device_name: String,
+    pub duration_ms: u64,
+    pub status: DeviceSyncStatus,
+    /// Only when `status` is `success`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub records_read: Option<u64>,
+    /// Only when `status` is `success`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub new_records: Option<u64>,
+    /// Only when `status` is not `success`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub error: Option<String>,
+}
+
+/// Outcome of one device's sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceSyncStatus {
+    Success,
+    /// No agent could reach the terminal.
+    Unreachable,
+    Failed,
+}
+
+/// The answer of `GET /api/essl/sync-status`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStatusResponse {
+    /// Always `true`.
+    pub success: bool,
+    pub devices: Vec<DeviceSyncState>,
+}
+
+/// The latest sync attempt of one device, and what is stored for it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceSyncState {
+    pub device_id: Uuid,
+    pub device_name: String,
+    pub ip_address: String,
+    /// Start of the latest attempt.
+    #[schema(format = DateTime)]
+    pub last_sync_time: Option<String>,
+    /// `success`, `failed` or `in_progress`; `null` before the first attempt.
+    pub sync_status: Option<&'static str>,
+    pub records_synced: Option<i32>,
+    pub error_message: Option<String>,
+    pub minutes_since_sync: Option<i64>,
+    #[schema(format = DateTime)]
+    pub last_success_time: Option<String>,
+    pub last_success_records: Option<i32>,
+    /// Punches stored for the device.
+    pub record_count: i64,
+    /// Whether a connected agent reports the device reachable.
+    pub reachable: bool,
 }
 
 fn not_found_device(e: StoreError) -> ApiError {
@@ -28,24 +195,65 @@ fn not_found_device(e: StoreError) -> ApiError {
     }
 }
 
-/// `POST /api/essl/check-device`
+/// Which devices a connected agent reaches now (`POST /api/essl/check-device`, the seed's).
+#[utoipa::path(
+    post,
+    path = "/api/essl/check-device",
+    operation_id = "checkDevice",
+    tag = "seed",
+    security(("bearer" = [])),
+    request_body(content = Option<DeviceSelector>, description = "Optional: one device, or none for every active \
+        pulled device. Any content type; an empty body is allowed."),
+    responses(
+        (status = 200, description = "Each device probed through the agents of its site (any role)",
+            body = CheckDeviceResponse),
+        (status = 400, description = openapi::MALFORMED_JSON, body = ErrorBody),
+        (status = 401, description = openapi::UNAUTHORIZED, body = ErrorBody),
+        (status = 404, description = "No device with this `deviceId`", body = ErrorBody),
+        (status = 413, description = openapi::TOO_LARGE, body = ErrorBody),
+        (status = 422, description = "JSON of the wrong shape (e.g. `deviceId` not a UUID)", body = ErrorBody),
+        (status = 503, description = openapi::UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn check_device(
     State(state): State<AppState>,
     _caller: Caller,
     OptionalJson(body): OptionalJson<DeviceSelector>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CheckDeviceResponse>, ApiError> {
     let devices = sync::targets(&state, body.device_id).await.map_err(not_found_device)?;
     let reachable = sync::check(&state, &devices).await;
-    let list: Vec<Value> = devices
-        .iter()
+    let reachable_devices: Vec<ReachableDevice> = devices
+        .into_iter()
         .zip(&reachable)
-        .map(|(d, r)| json!({"deviceId": d.id, "deviceName": d.name, "ipAddress": d.ip_address, "reachable": r}))
+        .map(|(d, r)| ReachableDevice { device_id: d.id, device_name: d.name, ip_address: d.ip_address, reachable: *r })
         .collect();
-    let count = reachable.iter().filter(|r| **r).count();
-    Ok(Json(json!({"success": true, "reachableDevices": list, "reachableCount": count})))
+    let reachable_count = reachable.iter().filter(|r| **r).count();
+    Ok(Json(CheckDeviceResponse { success: true, reachable_devices, reachable_count }))
 }
 
-/// `POST /api/essl/sync-attendance`
+/// Reads the punches of one or every device into the database (`POST /api/essl/sync-attendance`, the seed's).
+#[utoipa::path(
+    post,
+    path = "/api/essl/sync-attendance",
+    operation_id = "syncAttendance",
+    tag = "seed",
+    security(("bearer" = [])),
+    request_body(content = Option<DeviceSelector>, description = "Optional: one device, or none for every active \
+        pulled device. Any content type; an empty body is allowed."),
+    responses(
+        (status = 200, description = "Synced (`success: true`), or no agent reached any device and this is what is \
+            stored (`success: false, deviceUnreachable: true`), as in the seed. Any role; the caller is recorded as \
+            `synced_by_user_id`.", body = SyncOutcome),
+        (status = 400, description = openapi::MALFORMED_JSON, body = ErrorBody),
+        (status = 401, description = openapi::UNAUTHORIZED, body = ErrorBody),
+        (status = 404, description = "No device with this `deviceId`", body = ErrorBody),
+        (status = 413, description = openapi::TOO_LARGE, body = ErrorBody),
+        (status = 422, description = "JSON of the wrong shape (e.g. `deviceId` not a UUID)", body = ErrorBody),
+        (status = 502, description = "Every device tried failed other than for want of a connection (the \
+            terminal answered wrongly, the agent failed)", body = SyncFailed),
+        (status = 503, description = openapi::UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn sync_attendance(
     State(state): State<AppState>,
     caller: Caller,
@@ -53,9 +261,12 @@ pub async fn sync_attendance(
 ) -> Result<Response, ApiError> {
     let devices = sync::targets(&state, body.device_id).await.map_err(not_found_device)?;
     if devices.is_empty() {
-        return Ok(Json(json!({
-            "success": true, "message": "No active devices to sync", "totalRecords": 0,
-            "stats": {"devices": [], "recordsRead": 0, "newRecords": 0, "duplicates": 0}
+        let stats = SyncStats { devices: Vec::new(), records_read: 0, new_records: 0, duplicates: 0 };
+        return Ok(Json(SyncOutcome::Completed(SyncCompleted {
+            success: true,
+            message: "No active devices to sync".to_owned(),
+            total_records: 0,
+            stats,
         }))
         .into_response());
     }
@@ -70,32 +281,38 @@ pub async fn sync_attendance(
     let mut unreachable = Vec::new();
     let mut failures = Vec::new();
     for run in &runs {
-        let mut entry = json!({"deviceId": run.device.id, "deviceName": run.device.name,
-            "durationMs": run.duration.as_millis() as u64});
+        let mut entry = DeviceSyncStats {
+            device_id: run.device.id,
+            device_name: run.device.name.clone(),
+            duration_ms: run.duration.as_millis() as u64,
+            status: DeviceSyncStatus::Success,
+            records_read: None,
+            new_records: None,
+            error: None,
+        };
         match &run.result {
             Ok(s) => {
                 read += s.received;
                 new += s.inserted;
-                entry["status"] = json!("success");
-                entry["recordsRead"] = json!(s.received);
-                entry["newRecords"] = json!(s.inserted);
+                entry.records_read = Some(s.received);
+                entry.new_records = Some(s.inserted);
             }
             Err(e) if e.is_connection() => {
                 unreachable.push(run.device.id);
-                entry["status"] = json!("unreachable");
-                entry["error"] = json!(e.to_string());
+                entry.status = DeviceSyncStatus::Unreachable;
+                entry.error = Some(e.to_string());
             }
             Err(e) => {
                 failures.push(e.to_string());
-                entry["status"] = json!("failed");
-                entry["error"] = json!(e.to_string());
+                entry.status = DeviceSyncStatus::Failed;
+                entry.error = Some(e.to_string());
             }
         }
         per_device.push(entry);
     }
     let succeeded = runs.iter().filter(|r| r.result.is_ok()).count();
     let stats =
-        json!({"devices": per_device, "recordsRead": read, "newRecords": new, "duplicates": read - new.min(read)});
+        SyncStats { devices: per_device, records_read: read, new_records: new, duplicates: read - new.min(read) };
 
     if succeeded == 0 && failures.is_empty() {
         // Nothing reached any device: the seed's cached-data answer, HTTP 200.
@@ -104,63 +321,72 @@ pub async fn sync_attendance(
             Some(m) => format!("Device unreachable. Using cached data from {m} minutes ago."),
             None => "Device unreachable. No cached data available.".to_owned(),
         };
-        return Ok(Json(json!({
-            "success": false,
-            "deviceUnreachable": true,
-            "message": message,
-            "cachedData": {
-                "available": c.available,
-                "recordCount": c.record_count,
-                "lastSyncTime": c.last_sync_time.map(|t| t.to_string()),
-                "lastSyncRecords": c.last_sync_records,
-                "minutesSinceSync": c.minutes_since_sync,
+        return Ok(Json(SyncOutcome::Unreachable(SyncUnreachable {
+            success: false,
+            device_unreachable: true,
+            message,
+            cached_data: CachedData {
+                available: c.available,
+                record_count: c.record_count,
+                last_sync_time: c.last_sync_time.map(|t| t.to_string()),
+                last_sync_records: c.last_sync_records,
+                minutes_since_sync: c.minutes_since_sync,
             },
-            "stats": stats,
+            stats,
         }))
         .into_response());
     }
     if succeeded == 0 {
-        let body = json!({
-            "success": false,
-            "deviceUnreachable": false,
-            "message": format!("Attendance sync failed: {}", failures.join("; ")),
-            "error": {"code": "device_error", "message": failures.join("; ")},
-            "stats": stats,
-        });
+        let body = SyncFailed {
+            success: false,
+            device_unreachable: false,
+            message: format!("Attendance sync failed: {}", failures.join("; ")),
+            error: ErrorDetail { code: "device_error", message: failures.join("; ") },
+            stats,
+        };
         return Ok((StatusCode::BAD_GATEWAY, Json(body)).into_response());
     }
-    Ok(Json(json!({
-        "success": true,
-        "message": "Attendance sync completed",
-        "totalRecords": new,
-        "stats": stats,
+    Ok(Json(SyncOutcome::Completed(SyncCompleted {
+        success: true,
+        message: "Attendance sync completed".to_owned(),
+        total_records: new,
+        stats,
     }))
     .into_response())
 }
 
-/// `GET /api/essl/sync-status`
-pub async fn sync_status(State(state): State<AppState>, _caller: Caller) -> Result<Json<Value>, ApiError> {
+/// The latest sync of every device (`GET /api/essl/sync-status`, the seed's).
+#[utoipa::path(
+    get,
+    path = "/api/essl/sync-status",
+    operation_id = "syncStatus",
+    tag = "seed",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The latest sync of every device (any role)", body = SyncStatusResponse),
+        (status = 401, description = openapi::UNAUTHORIZED, body = ErrorBody),
+        (status = 503, description = openapi::UNAVAILABLE, body = ErrorBody),
+    )
+)]
+pub async fn sync_status(State(state): State<AppState>, _caller: Caller) -> Result<Json<SyncStatusResponse>, ApiError> {
     let now = jiff::Timestamp::now();
     let summaries = state.store.device_sync_summaries().await?;
-    let devices: Vec<Value> = summaries
-        .iter()
-        .map(|s| {
-            let minutes = s.last_sync_time.map(|t| (now.as_second() - t.as_second()).max(0) / 60);
-            json!({
-                "deviceId": s.device_id,
-                "deviceName": s.device_name,
-                "ipAddress": s.ip_address,
-                "lastSyncTime": s.last_sync_time.map(|t| t.to_string()),
-                "syncStatus": s.sync_status.map(|st| st.as_str()),
-                "recordsSynced": s.records_synced,
-                "errorMessage": s.error_message,
-                "minutesSinceSync": minutes,
-                "lastSuccessTime": s.last_success_time.map(|t| t.to_string()),
-                "lastSuccessRecords": s.last_success_records,
-                "recordCount": s.attendance_count,
-                "reachable": state.hub.reachability(s.device_id).iter().any(|r| r.reachable),
-            })
+    let devices = summaries
+        .into_iter()
+        .map(|s| DeviceSyncState {
+            device_id: s.device_id,
+            minutes_since_sync: s.last_sync_time.map(|t| (now.as_second() - t.as_second()).max(0) / 60),
+            last_sync_time: s.last_sync_time.map(|t| t.to_string()),
+            sync_status: s.sync_status.map(|st| st.as_str()),
+            records_synced: s.records_synced,
+            error_message: s.error_message,
+            last_success_time: s.last_success_time.map(|t| t.to_string()),
+            last_success_records: s.last_success_records,
+            record_count: s.attendance_count,
+            reachable: state.hub.reachability(s.device_id).iter().any(|r| r.reachable),
+            device_name: s.device_name,
+            ip_address: s.ip_address,
         })
         .collect();
-    Ok(Json(json!({"success": true, "devices": devices})))
+    Ok(Json(SyncStatusResponse { success: true, devices }))
 }

@@ -124,7 +124,8 @@ pub async fn serve(ws: WebSocket, agent: Agent, ctx: SessionCtx) {
 fn close_code_for(reason: &str) -> u16 {
     match reason {
         "silent" => close::SILENT,
-        "protocol error" => close::PROTOCOL_ERROR,
+        // Oversized or malformed frames surface as stream errors; a dead socket never reads the close anyway.
+        "protocol error" | "connection error" => close::PROTOCOL_ERROR,
         "shutdown" => close::GOING_AWAY,
         "revoked" => close::UNAUTHORIZED,
         _ => close::GOING_AWAY,

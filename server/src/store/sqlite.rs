@@ -25,7 +25,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite"
 /// How long a writer of another process waits for the file lock before SQLITE_BUSY.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Punches per INSERT: 9 parameters each, under SQLite's 32,766 bound parameters.
-const PUNCH_ROWS: usize = 3_000;
+const PUNCH_ROWS: usize = 3000;
 /// Device users per INSERT: 7 parameters each.
 const USER_ROWS: usize = 2_000;
 

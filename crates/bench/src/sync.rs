@@ -1,0 +1,142 @@
+//! Syncing N records end to end (simulator -> agent -> WebSocket -> server -> database, through
+//! `POST /api/essl/sync-attendance`), each run on a fresh database; and, in the same run, the store alone: the
+//! batched `Store::insert_punches` against `Store::insert_punches_naive` (one INSERT per row), each run into a fresh
+//! database. Medians of the runs; SQLite and PostgreSQL.
+
+use std::time::Instant;
+
+use anyhow::{Context, ensure};
+use essl_e2e::{Backend, terminal};
+use essl_server::ingest;
+use essl_server::store::{DeviceKind, NewDevice, NewPunch, Store};
+use essl_zk_sim::{Fixture, generate};
+use serde_json::json;
+
+use crate::office::{Db, Office, fresh_db, name};
+use crate::stats::median;
+
+/// The device's zone, as the harness registers it.
+const ZONE: &str = "Asia/Kolkata";
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Records on the simulated terminal (all distinct, so all are new to the database).
+    #[arg(long, default_value_t = 100_000)]
+    records: usize,
+    /// Runs of each measurement.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Databases to measure (PostgreSQL on `TEST_DATABASE_URL`).
+    #[arg(long, value_enum, default_value_t = Db::Both)]
+    db: Db,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let fixture = generate::generate(500, args.records, 17);
+    let rows = punches(&fixture)?;
+    let sim = terminal(&fixture).await;
+    println!("essl-sim at {} holding {} records; {} runs each, medians", sim.addr, args.records, args.runs);
+    for backend in args.db.backends() {
+        let db = name(backend);
+        let mut e2e = Vec::with_capacity(args.runs);
+        for i in 0..args.runs {
+            let Some(secs) = sync_once(backend, &sim, args.records).await? else { break };
+            println!("{db} e2e run={i} seconds={secs:.3} records_per_second={:.0}", args.records as f64 / secs);
+            e2e.push(secs);
+        }
+        if e2e.is_empty() {
+            continue;
+        }
+        let (mut batched, mut naive) = (Vec::new(), Vec::new());
+        for i in 0..args.runs {
+            let (Some(b), Some(n)) =
+                (store_once(backend, &rows, false).await?, store_once(backend, &rows, true).await?)
+            else {
+                break;
+            };
+            println!("{db} store run={i} batched_seconds={b:.3} naive_seconds={n:.3}");
+            batched.push(b);
+            naive.push(n);
+        }
+        let rate = |secs: f64| args.records as f64 / secs;
+        let (e, b, n) = (median(&e2e), median(&batched), median(&naive));
+        println!("{db} e2e sync           median_seconds={e:.3} records_per_second={:.0}", rate(e));
+        println!("{db} store batched      median_seconds={b:.3} records_per_second={:.0}", rate(b));
+        println!("{db} store naive        median_seconds={n:.3} records_per_second={:.0}", rate(n));
+        println!("{db} ratio (naive / batched, median time) = {:.1}x", n / b);
+    }
+    sim.stop().await;
+    Ok(())
+}
+
+/// One sync of every record through the relay into a fresh database; its wall time, or `None` if the database
+/// is not available here.
+async fn sync_once(backend: Backend, sim: &essl_zk_sim::Simulator, records: usize) -> anyhow::Result<Option<f64>> {
+    let Some(db) = fresh_db(backend).await else { return Ok(None) };
+    let office = Office::open(&db, sim.addr).await?;
+    let started = Instant::now();
+    let (status, body) = office.server.post("/api/essl/sync-attendance", json!({"deviceId": office.device})).await;
+    let secs = started.elapsed().as_secs_f64();
+    let device = office.device.parse().context("device id")?;
+    let stored = office.server.state.store.count_attendance(Some(device)).await?;
+    office.close().await;
+    ensure!(status.is_success() && body["success"] == true, "sync failed: HTTP {status} {body}");
+    ensure!(
+        body["totalRecords"] == records as u64,
+        "sync reported {} new records, expected {records}",
+        body["totalRecords"]
+    );
+    ensure!(stored == records as i64, "{stored} records stored, expected {records}");
+    Ok(Some(secs))
+}
+
+/// One `insert_punches` (or `insert_punches_naive`) of `rows` into a fresh database; its wall time.
+async fn store_once(backend: Backend, rows: &[NewPunch], naive: bool) -> anyhow::Result<Option<f64>> {
+    let Some(db) = fresh_db(backend).await else { return Ok(None) };
+    let store = Store::connect(&db.url).await?;
+    let device = store
+        .create_device(&NewDevice {
+            name: "Bench door".into(),
+            kind: DeviceKind::Pull,
+            ip_address: "127.0.0.1".into(),
+            port: 4370,
+            comm_key: 0,
+            udp: false,
+            serial_number: None,
+            timezone: ZONE.into(),
+            site_id: None,
+            active: true,
+        })
+        .await?;
+    let started = Instant::now();
+    let new = if naive {
+        store.insert_punches_naive(device.id, rows).await?
+    } else {
+        store.insert_punches(device.id, rows).await?
+    };
+    let secs = started.elapsed().as_secs_f64();
+    store.close().await;
+    ensure!(new == rows.len() as u64, "{new} rows inserted, expected {}", rows.len());
+    Ok(Some(secs))
+}
+
+/// The terminal's records as the server's ingest makes them (instant in the device's zone, DST flags).
+fn punches(fixture: &Fixture) -> anyhow::Result<Vec<NewPunch>> {
+    let tz = ingest::zone(ZONE).context("bundled time zone")?;
+    Ok(fixture
+        .records()?
+        .into_iter()
+        .map(|r| {
+            let (punched_at, flags) = ingest::instant(r.timestamp, &tz);
+            NewPunch {
+                user_id: r.user_id,
+                uid: i32::from(r.uid),
+                local_time: r.timestamp,
+                punched_at,
+                status: i16::from(r.status),
+                punch: i16::from(r.punch),
+                flags,
+            }
+        })
+        .collect())
+}
