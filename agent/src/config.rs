@@ -11,6 +11,9 @@ use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
 
+mod collect;
+pub use collect::Collect;
+
 /// Environment variable holding the agent token.
 pub const TOKEN_ENV: &str = "ESSL_AGENT_TOKEN";
 
@@ -156,13 +159,22 @@ pub struct Config {
     pub extra_roots: Vec<CertificateDer<'static>>,
     /// Overrides the server's `probe_interval_ms` when set.
     pub probe_interval: Option<Duration>,
+    /// The outbox and the agent's own syncing of its terminals.
+    pub collect: Collect,
     pub timing: Timing,
 }
 
 impl Config {
     /// A configuration with the production timing and no extra CA.
     pub fn new(server: ServerUrl, token: Secret) -> Config {
-        Config { server, token, extra_roots: Vec::new(), probe_interval: None, timing: Timing::default() }
+        Config {
+            server,
+            token,
+            extra_roots: Vec::new(),
+            probe_interval: None,
+            collect: Collect::default(),
+            timing: Timing::default(),
+        }
     }
 }
 
@@ -174,8 +186,32 @@ pub struct FileConfig {
     pub token: Option<Secret>,
     pub ca_file: Option<PathBuf>,
     pub probe_interval_secs: Option<u64>,
+    // Outbox and scheduled sync (`config/collect.rs`).
+    pub outbox: Option<PathBuf>,
+    pub outbox_max_mb: Option<u64>,
+    pub sync_interval_secs: Option<u64>,
     #[serde(default)]
     pub log: LogSection,
+    /// `[[devices]]`: the terminals this agent should reach, for `essl-agent config check` (the relay itself takes
+    /// its devices from the server).
+    #[serde(default)]
+    pub devices: Vec<DeviceEntry>,
+}
+
+/// One `[[devices]]` entry of `agent.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceEntry {
+    /// A label for people.
+    pub name: String,
+    /// `HOST`, `IP`, `HOST:PORT` or `[v6]:PORT`; port 4370 unless given.
+    pub addr: String,
+    /// UDP instead of TCP.
+    #[serde(default)]
+    pub udp: bool,
+    /// The terminal's comm key (0 = none).
+    #[serde(default)]
+    pub comm_key: u32,
 }
 
 /// `[log]` of `agent.toml`.
@@ -195,6 +231,8 @@ pub struct Sources {
     pub ca_file: Option<PathBuf>,
     pub probe_interval: Option<String>,
     pub config_file: Option<PathBuf>,
+    /// `--outbox`.
+    pub outbox: Option<PathBuf>,
 }
 
 /// The result of [`load`]: the relay's configuration and the log filter from the file, if any.
@@ -202,6 +240,8 @@ pub struct Sources {
 pub struct Loaded {
     pub config: Config,
     pub log_level: Option<String>,
+    /// `[[devices]]` of the file, checked (names and address shapes), not resolved.
+    pub devices: Vec<DeviceEntry>,
 }
 
 /// Where a value came from, for error messages.
@@ -323,6 +363,8 @@ pub fn load(sources: Sources) -> Result<Loaded, ConfigError> {
         (None, None) => None,
     };
 
+    let collect = collect::merge(sources.outbox.as_deref(), &file, path.as_deref(), &mut problems);
+
     let log_level = file.log.level.clone();
     if let Some(level) = &log_level
         && let Err(e) = tracing_subscriber::EnvFilter::try_new(level)
@@ -333,10 +375,22 @@ pub fn load(sources: Sources) -> Result<Loaded, ConfigError> {
         });
     }
 
+    for (i, device) in file.devices.iter().enumerate() {
+        let key = |field: &str| in_file(&format!("devices[{i}].{field}"));
+        if device.name.trim().is_empty() || device.name.chars().any(char::is_control) {
+            problems.push(Problem { origin: key("name"), message: "must be a non-empty line of text".into() });
+        }
+        if let Err(message) = check_device_addr(&device.addr) {
+            problems.push(Problem { origin: key("addr"), message });
+        }
+    }
+    let devices = file.devices;
+
     match (server, token) {
         (Some(server), Some(token)) if problems.is_empty() => Ok(Loaded {
-            config: Config { server, token, extra_roots, probe_interval, timing: Timing::default() },
+            config: Config { server, token, extra_roots, probe_interval, collect, timing: Timing::default() },
             log_level,
+            devices,
         }),
         _ => Err(ConfigError { problems }),
     }
@@ -367,6 +421,29 @@ fn locate(text: &str, offset: usize) -> (usize, String) {
         String::new()
     };
     (line_no, key)
+}
+
+/// The shape of a terminal address (`HOST`, `IP`, `HOST:PORT`, `[v6]:PORT`), without resolving it.
+fn check_device_addr(addr: &str) -> Result<(), String> {
+    let full = crate::addr::with_default_port(addr.trim());
+    let bad = || format!("{addr:?} is not a terminal address; write IP, HOST or HOST:PORT (port 4370 if omitted)");
+    if full.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = full.rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && host_ok => Ok(()),
+        _ => Err(bad()),
+    }
 }
 
 fn relative_to(config_file: Option<&Path>, p: &Path) -> PathBuf {
@@ -581,6 +658,47 @@ tL4ndQavEi51mI38AjEAi/V3bNTIZargCyzuFJ0nN6T5U6VR5CmD1/iQMVtCnwr1\n\
 
         let text = load(Sources { probe_interval: Some("fast".into()), ..sources() }).expect_err("flag").to_string();
         assert!(text.contains("--probe-interval"), "{text}");
+    }
+
+    #[test]
+    fn devices_section() {
+        let dir = tempdir("devices");
+        let file = write(
+            &dir,
+            "agent.toml",
+            "[[devices]]\nname = \"Front door\"\naddr = \"192.0.2.10\"\n\n[[devices]]\nname = \"Back door\"\naddr = \"door.local:4371\"\nudp = true\ncomm_key = 1234\n",
+        );
+        let loaded = load(Sources { config_file: Some(file), ..sources() }).expect("valid");
+        assert_eq!(
+            loaded.devices,
+            vec![
+                DeviceEntry { name: "Front door".into(), addr: "192.0.2.10".into(), udp: false, comm_key: 0 },
+                DeviceEntry { name: "Back door".into(), addr: "door.local:4371".into(), udp: true, comm_key: 1234 },
+            ]
+        );
+        assert!(load(sources()).expect("valid").devices.is_empty());
+
+        let file = write(
+            &dir,
+            "bad.toml",
+            "[[devices]]\nname = \"\"\naddr = \"door.local:99999\"\n[[devices]]\nname = \"ok\"\naddr = \"a b\"\n",
+        );
+        let err = load(Sources { config_file: Some(file.clone()), ..sources() }).expect_err("invalid");
+        let text = err.to_string();
+        for key in ["devices[0].name", "devices[0].addr", "devices[1].addr"] {
+            assert!(text.contains(&format!("`{key}` in {}", file.display())), "{key}: {text}");
+        }
+        assert_eq!(err.problems.len(), 3, "{text}");
+
+        let file = write(&dir, "type.toml", "[[devices]]\nname = \"x\"\naddr = \"10.0.0.1\"\ncomm_key = \"1234\"\n");
+        let text = load(Sources { config_file: Some(file), ..sources() }).expect_err("type").to_string();
+        assert!(text.contains("`comm_key`") && text.contains("line 4"), "{text}");
+        let file = write(&dir, "unknown.toml", "[[devices]]\nname = \"x\"\naddr = \"10.0.0.1\"\nport = 4370\n");
+        let text = load(Sources { config_file: Some(file), ..sources() }).expect_err("unknown").to_string();
+        assert!(text.contains("port") && text.contains("line 4"), "{text}");
+        let file = write(&dir, "missing.toml", "[[devices]]\nname = \"x\"\n");
+        let text = load(Sources { config_file: Some(file), ..sources() }).expect_err("missing addr").to_string();
+        assert!(text.contains("addr"), "{text}");
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! `essl-agent`: the office-LAN side of essl-relay. `run` keeps the connection to the server; `device` talks to
-//! one terminal directly for troubleshooting.
+//! one terminal directly for troubleshooting; `service` installs the agent as a system service; `config check`
+//! validates a config file and probes the terminals it lists.
 
+mod config_cli;
 mod device_cli;
 mod run_cli;
+mod service;
 
 use std::process::ExitCode;
 
@@ -22,6 +25,10 @@ enum Command {
     Run(run_cli::RunArgs),
     /// Talk to one terminal directly (troubleshooting; replaces `telnet IP 4370`).
     Device(device_cli::DeviceArgs),
+    /// Install, remove, start, stop the agent as a system service (systemd on Linux, the SCM on Windows).
+    Service(service::ServiceArgs),
+    /// Check a config file and probe the terminals it lists.
+    Config(config_cli::ConfigArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +45,11 @@ fn main() -> ExitCode {
                 }
             };
             runtime.block_on(device_cli::run(args))
+        }
+        Command::Service(args) => service::main(args),
+        Command::Config(args) => {
+            init_tracing("warn");
+            config_cli::main(args)
         }
     }
 }

@@ -16,7 +16,8 @@ pub struct RunArgs {
     /// local users can read command lines. Precedence: this flag, then ESSL_AGENT_TOKEN, then the file.
     #[arg(long)]
     token: Option<String>,
-    /// A TOML file with any of: server, token, ca_file, probe_interval_secs, [log] level.
+    /// A TOML file with any of: server, token, ca_file, probe_interval_secs, outbox, outbox_max_mb,
+    /// sync_interval_secs, [log] level.
     #[arg(long)]
     config: Option<PathBuf>,
     /// A PEM file with an extra CA to trust besides the operating system's store (self-hosted servers).
@@ -25,6 +26,10 @@ pub struct RunArgs {
     /// How often to probe the site's devices (e.g. 30s, 2m); default: what the server says (30 s).
     #[arg(long)]
     probe_interval: Option<String>,
+    /// The outbox file, where records wait until the server confirmed it stored them; default:
+    /// essl-agent-outbox.db beside the config file, or in the working directory.
+    #[arg(long)]
+    outbox: Option<PathBuf>,
 }
 
 pub fn main(args: RunArgs) -> ExitCode {
@@ -36,6 +41,7 @@ pub fn main(args: RunArgs) -> ExitCode {
         ca_file: args.ca_file,
         probe_interval: args.probe_interval,
         config_file: args.config,
+        outbox: args.outbox,
     };
     let loaded = match config::load(sources) {
         Ok(loaded) => loaded,

@@ -222,6 +222,18 @@ fn timing() -> Timing {
 struct Agent {
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), essl_agent::relay::RelayError>>,
+    /// Its outbox, in a directory of its own, removed when dropped.
+    outbox_dir: std::path::PathBuf,
+}
+
+/// A fresh directory for one agent's outbox.
+fn outbox_dir() -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("essl-agent-test-outbox-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("outbox dir");
+    dir
 }
 
 impl Agent {
@@ -232,11 +244,13 @@ impl Agent {
         Agent::with_config(config)
     }
 
-    fn with_config(config: Config) -> Agent {
+    fn with_config(mut config: Config) -> Agent {
         init_logs();
+        let outbox_dir = outbox_dir();
+        config.collect.outbox = outbox_dir.join("outbox.db");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(essl_agent::relay::run(config, shutdown.clone()));
-        Agent { shutdown, task }
+        Agent { shutdown, task, outbox_dir }
     }
 
     /// Stops an agent that may already have ended by itself.
@@ -255,6 +269,7 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        let _ = std::fs::remove_dir_all(&self.outbox_dir);
     }
 }
 
@@ -414,7 +429,15 @@ async fn sync_sends_acknowledged_batches_then_synced() {
     assert!(!matches!(early, Ok(AgentMsg::Response { .. })), "{early:?}");
     peer.send(&ServerMsg::Ack { batch: batches[4].0 }).await;
     let synced = ok(peer.response(7).await);
-    assert_eq!(synced, OpResult::Synced { records: RECORDS as u64, batches: batches_expected as u64 });
+    assert_eq!(
+        synced,
+        OpResult::Synced {
+            records: RECORDS as u64,
+            batches: batches_expected as u64,
+            read: Some(RECORDS as u64),
+            reset: None
+        }
+    );
 
     let mut ids: Vec<u64> = batches.iter().map(|(b, _)| *b).collect();
     ids.sort_unstable();
@@ -436,25 +459,39 @@ async fn sync_sends_acknowledged_batches_then_synced() {
     assert!(got == want, "the punches differ from the simulator's records");
     assert_eq!(sim.terminal.record_count(), RECORDS, "a sync never clears the terminal");
 
-    // A second sync gets fresh batch ids (unique for the life of the agent).
+    // A second sync of the unchanged terminal sends nothing: everything is past the watermark.
     peer.send(&ServerMsg::Request { id: 8, device: "door".into(), op: Op::SyncAttendance }).await;
-    let mut second = Vec::new();
-    while second.len() < 4 {
-        if let AgentMsg::Punches { batch, .. } = peer.recv().await {
-            assert!(!ids.contains(&batch), "batch id {batch} reused");
-            second.push(batch);
-            peer.send(&ServerMsg::Ack { batch }).await;
-        }
-    }
-    let batch = peer
+    let second = ok(peer.response(8).await);
+    assert_eq!(second, OpResult::Synced { records: 0, batches: 0, read: Some(RECORDS as u64), reset: None });
+
+    // Two new punches: only they go, in a batch with a fresh id.
+    let new: Vec<Punch> = (0..2)
+        .map(|i| sim.terminal.punch(i, 1, 0))
+        .map(|r| Punch {
+            uid: r.uid,
+            user_id: r.user_id,
+            local_time: r.timestamp.strftime("%Y-%m-%dT%H:%M:%S").to_string(),
+            status: r.status,
+            punch: r.punch,
+        })
+        .collect();
+    peer.send(&ServerMsg::Request { id: 9, device: "door".into(), op: Op::SyncAttendance }).await;
+    // Realtime may announce them first (request: None); the sync's batch carries the request id.
+    let (batch, records) = peer
         .recv_until(STEP, |m| match m {
-            AgentMsg::Punches { batch, .. } => Some(*batch),
+            AgentMsg::Punches { batch, request: Some(9), records, .. } => Some((*batch, records.clone())),
+            AgentMsg::Punches { batch, request: None, .. } => {
+                assert!(!ids.contains(batch));
+                None
+            }
             _ => None,
         })
         .await;
-    assert!(!ids.contains(&batch) && !second.contains(&batch));
+    assert!(!ids.contains(&batch), "batch id {batch} reused");
+    assert_eq!(records, new);
     peer.send(&ServerMsg::Ack { batch }).await;
-    assert!(matches!(ok(peer.response(8).await), OpResult::Synced { batches: 5, .. }));
+    let third = ok(peer.response(9).await);
+    assert_eq!(third, OpResult::Synced { records: 2, batches: 1, read: Some(RECORDS as u64 + 2), reset: None });
 
     agent.stop().await;
     sim.stop().await;
@@ -728,6 +765,8 @@ async fn the_binary_runs_and_rejects_bad_configuration() {
     let mut server = FakeServer::start().await;
     let mut child = tokio::process::Command::new(AGENT)
         .args(["run", "--server", &server.url().to_string()])
+        .arg("--outbox")
+        .arg(dir.join("outbox.db"))
         .env("ESSL_AGENT_TOKEN", "from-the-environment")
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)

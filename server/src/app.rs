@@ -111,14 +111,16 @@ pub async fn run(
     let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move { signal.cancelled().await });
     let grace = state.config.grace;
-    let result = match tokio::time::timeout(grace + Duration::from_secs(1), async {
-        // Agents are told once HTTP work has had its chance; their sessions end when `shutdown` is cancelled.
-        serve.await
-    })
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => {
+    // The grace period starts with the shutdown signal, not with the server. Agents are told once HTTP work has
+    // had its chance; their sessions end when `shutdown` is cancelled.
+    let stopping = state.shutdown.clone();
+    let mut serve = std::pin::pin!(std::future::IntoFuture::into_future(serve));
+    let result = tokio::select! {
+        r = &mut serve => r,
+        () = async {
+            stopping.cancelled().await;
+            tokio::time::sleep(grace + Duration::from_secs(1)).await;
+        } => {
             tracing::warn!("in-flight requests did not finish within the grace period");
             Ok(())
         }

@@ -1,15 +1,20 @@
 //! `essl-server`: serve the API and the agent hub, or manage tokens.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use config::{Given, Origin, Settings, Sources};
 use essl_server::app::{AppState, ServerConfig};
-use essl_server::auth::{SupabaseConfig, token};
+use essl_server::auth::token;
 use essl_server::store::Store;
 use essl_server::store::model::Role;
+
+mod config;
+#[cfg(feature = "demo")]
+mod demo;
 
 /// The cloud side of essl-relay: HTTP API for staff, WebSocket hub for office agents.
 #[derive(Debug, Parser)]
@@ -26,35 +31,43 @@ enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Everything on this computer in one command: the server on a fresh SQLite file, a simulated terminal and
+    /// an agent; prints the URL and an admin token, and runs the first sync.
+    #[cfg(feature = "demo")]
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Debug, clap::Args)]
 struct DbArgs {
-    /// Database: `sqlite://PATH` (created on first run) or `postgres://...`.
-    #[arg(long, env = "ESSL_DATABASE_URL", default_value = "sqlite://essl-relay.db")]
-    database_url: String,
+    /// Database: `sqlite://PATH` (created on first run) or `postgres://...` [default: sqlite://essl-relay.db].
+    #[arg(long, env = "ESSL_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// A TOML settings file (keys: listen, database_url, tls_cert, tls_key, supabase_url, supabase_jwt_secret).
+    /// Flags win over environment variables, which win over the file.
+    #[arg(long, env = "ESSL_CONFIG", value_name = "FILE")]
+    config: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "ESSL_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "ESSL_LISTEN", value_name = "IP:PORT")]
+    listen: Option<String>,
     #[command(flatten)]
     db: DbArgs,
     /// TLS certificate chain (PEM); with --tls-key, serve HTTPS and wss.
-    #[arg(long, env = "ESSL_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
+    #[arg(long, env = "ESSL_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<String>,
     /// TLS private key (PEM).
-    #[arg(long, env = "ESSL_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
+    #[arg(long, env = "ESSL_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<String>,
     /// Supabase project URL (https://<project>.supabase.co): accept Supabase-issued JWTs signed with the
     /// project's signing keys (ES256/RS256; public keys fetched from <url>/auth/v1/.well-known/jwks.json), and
     /// require the issuer <url>/auth/v1 of every Supabase token.
     #[arg(long, env = "ESSL_SUPABASE_URL", value_name = "URL")]
     supabase_url: Option<String>,
     /// Supabase project's legacy JWT secret: accept Supabase-issued HS256 JWTs signed with it. Prefer the
-    /// environment variable: command lines are visible to other users of the machine.
+    /// environment variable or the settings file: command lines are visible to other users of the machine.
     #[arg(long, env = "ESSL_SUPABASE_JWT_SECRET", hide_env_values = true, value_name = "SECRET")]
     supabase_jwt_secret: Option<token::Secret>,
 }
@@ -86,7 +99,42 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The settings are checked before anything starts: a bad value exits with code 2, naming its key and source.
+    let work = match cli.command {
+        Command::Serve(args) => {
+            let m = matches.subcommand_matches("serve").unwrap_or(&matches);
+            let sources = Sources {
+                listen: given(args.listen, m, "listen", "listen", "ESSL_LISTEN"),
+                tls_cert: given(args.tls_cert.map(PathBuf::from), m, "tls_cert", "tls-cert", "ESSL_TLS_CERT"),
+                tls_key: given(args.tls_key.map(PathBuf::from), m, "tls_key", "tls-key", "ESSL_TLS_KEY"),
+                supabase_url: given(args.supabase_url, m, "supabase_url", "supabase-url", "ESSL_SUPABASE_URL"),
+                supabase_jwt_secret: given(
+                    args.supabase_jwt_secret,
+                    m,
+                    "supabase_jwt_secret",
+                    "supabase-jwt-secret",
+                    "ESSL_SUPABASE_JWT_SECRET",
+                ),
+                ..db_sources(args.db, m)
+            };
+            match config::load(sources) {
+                Ok(settings) => Work::Serve(settings),
+                Err(e) => return invalid(&e),
+            }
+        }
+        Command::Token(TokenCommand::Create { role, name, db }) => {
+            let m =
+                matches.subcommand_matches("token").and_then(|m| m.subcommand_matches("create")).unwrap_or(&matches);
+            match config::load(db_sources(db, m)) {
+                Ok(settings) => Work::CreateToken { role, name, database_url: settings.database_url },
+                Err(e) => return invalid(&e),
+            }
+        }
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => Work::Demo(args),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -95,9 +143,11 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve(args) => serve(args).await,
-            Command::Token(TokenCommand::Create { role, name, db }) => create_token(role, &name, &db).await,
+        match work {
+            Work::Serve(settings) => serve(settings).await,
+            Work::CreateToken { role, name, database_url } => create_token(role, &name, &database_url).await,
+            #[cfg(feature = "demo")]
+            Work::Demo(args) => demo::run(args, shutdown_signal()).await,
         }
     });
     match result {
@@ -109,8 +159,44 @@ fn main() -> ExitCode {
     }
 }
 
-async fn open_store(db: &DbArgs) -> anyhow::Result<Store> {
-    Store::connect(&db.database_url).await.with_context(|| format!("opening the database {}", redact(&db.database_url)))
+/// What `main` runs once the settings are valid.
+enum Work {
+    Serve(Settings),
+    CreateToken {
+        role: RoleArg,
+        name: String,
+        database_url: String,
+    },
+    #[cfg(feature = "demo")]
+    Demo(demo::DemoArgs),
+}
+
+fn invalid(e: &config::ConfigError) -> ExitCode {
+    eprintln!("essl-server: invalid configuration:\n{e}");
+    ExitCode::from(2)
+}
+
+/// A value from the command line, tagged with where clap found it (the flag or its environment variable). An
+/// empty variable counts as unset (compose files write `VAR: ${VAR:-}`).
+fn given<T>(value: Option<T>, m: &ArgMatches, id: &str, flag: &'static str, env: &'static str) -> Option<Given<T>> {
+    let origin = match m.value_source(id) {
+        Some(ValueSource::EnvVariable) if std::env::var_os(env).is_some_and(|v| v.is_empty()) => return None,
+        Some(ValueSource::EnvVariable) => Origin::Env(env),
+        _ => Origin::Flag(flag),
+    };
+    value.map(|value| Given { value, origin })
+}
+
+fn db_sources(db: DbArgs, m: &ArgMatches) -> Sources {
+    Sources {
+        config_file: given(db.config.map(PathBuf::from), m, "config", "config", "ESSL_CONFIG"),
+        database_url: given(db.database_url, m, "database_url", "database-url", "ESSL_DATABASE_URL"),
+        ..Sources::default()
+    }
+}
+
+async fn open_store(database_url: &str) -> anyhow::Result<Store> {
+    Store::connect(database_url).await.with_context(|| format!("opening the database {}", redact(database_url)))
 }
 
 /// A database URL without its password, for messages.
@@ -125,9 +211,9 @@ fn redact(url: &str) -> String {
     }
 }
 
-async fn create_token(role: RoleArg, name: &str, db: &DbArgs) -> anyhow::Result<()> {
+async fn create_token(role: RoleArg, name: &str, database_url: &str) -> anyhow::Result<()> {
     anyhow::ensure!(!name.trim().is_empty() && name.len() <= 100, "--name must be 1 to 100 characters");
-    let store = open_store(db).await?;
+    let store = open_store(database_url).await?;
     let new = token::generate(token::API_PREFIX).context("no random source")?;
     let role = match role {
         RoleArg::Admin => Role::Admin,
@@ -139,11 +225,10 @@ async fn create_token(role: RoleArg, name: &str, db: &DbArgs) -> anyhow::Result<
     Ok(())
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let store = open_store(&args.db).await?;
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let store = open_store(&settings.database_url).await?;
     let mut state = AppState::new(store, ServerConfig::default());
-    let secret = args.supabase_jwt_secret.map(|s| s.expose().to_owned());
-    if let Some(config) = SupabaseConfig::new(secret, args.supabase_url) {
+    if let Some(config) = settings.supabase {
         state.auth = state.auth.clone().with_supabase(config).context("Supabase logins")?;
         let supabase = state.auth.supabase();
         tracing::info!(
@@ -152,15 +237,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "accepting Supabase JWTs"
         );
     }
-    let listener =
-        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("listening on {}", settings.listen))?;
     let addr = listener.local_addr()?;
-    match (args.tls_cert, args.tls_key) {
-        (Some(cert), Some(key)) => {
+    match settings.tls {
+        Some((cert, key)) => {
             tracing::info!(%addr, "serving HTTPS and wss");
             essl_server::tls::serve(listener, state, &cert, &key, shutdown_signal()).await?;
         }
-        _ => {
+        None => {
             tracing::info!(%addr, backend = state.store.backend(), "serving HTTP and ws");
             essl_server::app::run(listener, state, shutdown_signal()).await?;
         }

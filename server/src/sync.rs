@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use essl_wire::Op;
+use essl_wire::{Op, OpResult};
 use futures_util::future::join_all;
 use jiff::Timestamp;
 use uuid::Uuid;
@@ -52,12 +52,16 @@ pub struct DeviceSync {
 }
 
 /// A successful sync.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Synced {
-    /// Records the terminal holds (all were sent).
+    /// Records the terminal holds.
+    pub read: u64,
+    /// Records the agent sent: those past its watermark for the device (agents before the outbox send all).
     pub received: u64,
     /// Of those, rows new to the database.
     pub inserted: u64,
+    /// Why the agent sent everything again (log cleared, terminal replaced), if it did.
+    pub reset: Option<String>,
 }
 
 /// Syncs one device on behalf of `caller`: records the attempt, joins or starts the device read, records the end.
@@ -98,9 +102,15 @@ pub async fn sync_device(state: &AppState, device: Device, caller: Option<Uuid>)
         state.metrics.punches_received.inc_by(r.records_received);
     }
     let duration_ms = i32::try_from(duration.as_millis()).unwrap_or(i32::MAX);
-    let result = result.map(|r| Synced { received: r.records_received, inserted: r.records_inserted });
+    let result = result.map(|r| {
+        let (read, reset) = match r.result {
+            OpResult::Synced { read, reset, .. } => (read.unwrap_or(r.records_received), reset),
+            _ => (r.records_received, None),
+        };
+        Synced { read, received: r.records_received, inserted: r.records_inserted, reset }
+    });
     let (status, synced, total, message, kind) = match &result {
-        Ok(s) => (SyncStatus::Success, clamp(s.inserted), Some(clamp(s.received)), None, None),
+        Ok(s) => (SyncStatus::Success, clamp(s.inserted), Some(clamp(s.read)), None, None),
         Err(e) => {
             let kind = if e.is_connection() { ErrorKind::Connection } else { ErrorKind::Other };
             (SyncStatus::Failed, 0, None, Some(e.to_string()), Some(kind))
@@ -109,6 +119,10 @@ pub async fn sync_device(state: &AppState, device: Device, caller: Option<Uuid>)
     state.store.finish_sync(attempt.id, status, synced, total, message.clone(), kind, Some(duration_ms)).await?;
     if let Some(m) = &message {
         let _ = state.store.add_sync_log(device.id, Some(attempt.id), "error", m).await;
+    }
+    if let Ok(Synced { reset: Some(why), .. }) = &result {
+        tracing::warn!(device_id = %device.id, reset = %why, "the agent found the terminal's log cleared or replaced");
+        let _ = state.store.add_sync_log(device.id, Some(attempt.id), "warning", why).await;
     }
     Ok(DeviceSync { device, result, duration })
 }

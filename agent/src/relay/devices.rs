@@ -1,5 +1,10 @@
-//! The site's terminals as the server announced them, and the rule that this agent holds at most one session
-//! with each terminal at a time (terminals serve few sessions; two from one agent only make them busy).
+//! The site's terminals as the server announced them, and the rule that this agent holds at most one working
+//! session with each terminal at a time (terminals serve few sessions; two from one agent only make them busy).
+//!
+//! The one exception is the realtime subscription (`collect::realtime`): it keeps a session of its own open for
+//! as long as events flow, outside the slot, so it never makes a sync wait. When a terminal with few sessions
+//! answers a job or a probe "busy" while the subscription holds one, the subscription is asked to let go, the job
+//! gets its session, and the subscription comes back once the slot is free again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -8,6 +13,11 @@ use std::time::{Duration, Instant};
 use essl_wire::{DeviceSpec, Reach};
 use essl_zk::{ClientConfig, ProbeConfig, Transport, ZkClient, ZkError};
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
+
+/// How long a job waits for the realtime subscription to let go of its session.
+const YIELD_WAIT: Duration = Duration::from_secs(5);
+/// Pause between connects while the terminal frees the session the subscription let go of.
+const YIELD_RETRY: Duration = Duration::from_millis(200);
 
 use crate::config::Timing;
 
@@ -23,42 +33,63 @@ struct Slot {
     lock: Arc<Mutex<()>>,
     /// `Some(handshake time)` while a job holds an open session.
     open: watch::Sender<Option<Duration>>,
+    /// Whether the realtime subscription holds its own session now.
+    realtime: watch::Sender<bool>,
+    /// Bumped to ask the realtime subscription to close its session.
+    yield_realtime: watch::Sender<u64>,
 }
 
 impl Slot {
     fn new() -> Arc<Slot> {
-        Arc::new(Slot { lock: Arc::new(Mutex::new(())), open: watch::Sender::new(None) })
+        Arc::new(Slot {
+            lock: Arc::new(Mutex::new(())),
+            open: watch::Sender::new(None),
+            realtime: watch::Sender::new(false),
+            yield_realtime: watch::Sender::new(0),
+        })
     }
 }
 
-/// The site's devices by id; replaced whole on `DevicesChanged`, keeping the slots of devices that stay.
-#[derive(Clone, Default)]
-pub(crate) struct DeviceTable(Arc<RwLock<HashMap<String, Device>>>);
+/// The site's devices by id; replaced whole on `Welcome` and `DevicesChanged`, keeping the slots of devices that
+/// stay. It outlives connections: the agent keeps collecting from the last known devices while the cloud is away.
+#[derive(Clone)]
+pub(crate) struct DeviceTable {
+    map: Arc<RwLock<HashMap<String, Device>>>,
+    /// Bumped on every replacement.
+    changes: Arc<watch::Sender<u64>>,
+}
+
+impl Default for DeviceTable {
+    fn default() -> Self {
+        DeviceTable { map: Arc::default(), changes: Arc::new(watch::Sender::new(0)) }
+    }
+}
 
 impl DeviceTable {
-    pub fn new(specs: Vec<DeviceSpec>) -> DeviceTable {
-        let table = DeviceTable::default();
-        table.replace(specs);
-        table
-    }
-
     pub fn replace(&self, specs: Vec<DeviceSpec>) {
-        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
         let mut next = HashMap::with_capacity(specs.len());
         for spec in specs {
             let slot = map.remove(&spec.id).map(|d| d.slot).unwrap_or_else(Slot::new);
             next.insert(spec.id.clone(), Device { spec, slot });
         }
         *map = next;
+        drop(map);
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Wakes after every replacement.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub fn get(&self, id: &str) -> Option<Device> {
-        self.0.read().unwrap_or_else(PoisonError::into_inner).get(id).cloned()
+        self.map.read().unwrap_or_else(PoisonError::into_inner).get(id).cloned()
     }
 
     /// All devices, ordered by id.
     pub fn all(&self) -> Vec<Device> {
-        let mut all: Vec<Device> = self.0.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+        let mut all: Vec<Device> = self.map.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
         all.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
         all
     }
@@ -80,9 +111,54 @@ impl Device {
             ..ClientConfig::default()
         };
         let started = Instant::now();
-        let client = ZkClient::connect(addr, cfg).await?;
+        let mut client = ZkClient::connect(addr, cfg.clone()).await;
+        if matches!(client, Err(ZkError::Busy(_))) && self.realtime_yields().await {
+            // The terminal may take a moment to free the session it was told to end.
+            for pause in [Duration::ZERO, YIELD_RETRY, YIELD_RETRY * 2] {
+                tokio::time::sleep(pause).await;
+                client = ZkClient::connect(addr, cfg.clone()).await;
+                if !matches!(client, Err(ZkError::Busy(_))) {
+                    break;
+                }
+            }
+        }
+        let client = client?;
         self.slot.open.send_replace(Some(started.elapsed()));
         Ok(DeviceSession { client, _hold: Hold { slot: self.slot.clone(), _guard: guard } })
+    }
+
+    /// Opens the realtime subscription's own session, outside the slot (see the module doc).
+    pub async fn realtime_session(&self, timing: &Timing) -> Result<RealtimeSession, ZkError> {
+        let addr = crate::addr::resolve(&self.spec.addr).await?;
+        let cfg = ClientConfig {
+            transport: self.transport(),
+            comm_key: self.spec.comm_key,
+            timeout: timing.device_timeout,
+            ..ClientConfig::default()
+        };
+        // Raised before connecting: a job answered busy while this connects asks it to make room too, and the
+        // request, made before `yielded` could see it otherwise, is not lost.
+        let yielded = self.slot.yield_realtime.subscribe();
+        self.slot.realtime.send_replace(true);
+        let flag = RealtimeFlag(self.slot.clone());
+        let client = ZkClient::connect(addr, cfg).await?;
+        Ok(RealtimeSession { client, yielded, _flag: flag })
+    }
+
+    /// Waits until no job holds the terminal (a subscription that made room comes back only then).
+    pub async fn wait_free(&self) {
+        drop(self.slot.lock.clone().lock_owned().await);
+    }
+
+    /// If the realtime subscription holds a session, asks it to close it and waits until it has: true if so.
+    async fn realtime_yields(&self) -> bool {
+        let mut realtime = self.slot.realtime.subscribe();
+        if !*realtime.borrow_and_update() {
+            return false;
+        }
+        tracing::debug!(device = %self.spec.id, "terminal busy; asking the realtime subscription to make room");
+        self.slot.yield_realtime.send_modify(|n| *n += 1);
+        matches!(tokio::time::timeout(YIELD_WAIT, realtime.wait_for(|open| !open)).await, Ok(Ok(_)))
     }
 
     /// Opens and closes a session and returns the handshake time (`timing.probe_timeout`, `probe_retries`).
@@ -113,7 +189,10 @@ impl Device {
             timeout: timing.probe_timeout,
             retries: timing.probe_retries,
         };
-        essl_zk::probe(addr, &cfg).await
+        match essl_zk::probe(addr, &cfg).await {
+            Err(ZkError::Busy(_)) if self.realtime_yields().await => essl_zk::probe(addr, &cfg).await,
+            other => other,
+        }
     }
 }
 
@@ -141,6 +220,34 @@ struct Hold {
 impl Drop for Hold {
     fn drop(&mut self) {
         self.slot.open.send_replace(None);
+    }
+}
+
+/// The realtime subscription's session. `yielded` changes when a job needs the terminal's session back.
+pub(crate) struct RealtimeSession {
+    pub client: ZkClient,
+    pub yielded: watch::Receiver<u64>,
+    _flag: RealtimeFlag,
+}
+
+impl RealtimeSession {
+    /// Ends the session politely (`CMD_EXIT`); the terminal frees it anyway if that fails.
+    pub async fn close(self) {
+        let RealtimeSession { client, _flag, .. } = self;
+        if let Err(error) = client.disconnect().await {
+            tracing::debug!(%error, "CMD_EXIT of the realtime session not acknowledged");
+        }
+        // Only now: a job waiting for room retries its connect when the flag drops.
+        drop(_flag);
+    }
+}
+
+/// Tells the slot the subscription's session is gone, however it ends.
+struct RealtimeFlag(Arc<Slot>);
+
+impl Drop for RealtimeFlag {
+    fn drop(&mut self) {
+        self.0.realtime.send_replace(false);
     }
 }
 

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use essl_wire::{AgentMsg, DeviceInfo, DeviceUser, ErrorKind, Op, OpError, OpResult, Outcome};
@@ -15,17 +14,18 @@ use tracing::Instrument;
 
 use super::devices::{Device, DeviceTable};
 use super::outgoing::Out;
-use super::sync::{self, Acks};
+use super::sync;
 use crate::config::Timing;
+use crate::outbox::Outbox;
 
 /// What every job needs; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct JobCtx {
     pub devices: DeviceTable,
     pub out: Out,
-    pub acks: Acks,
-    /// Batch ids, unique for the life of the agent process.
-    pub batch_ids: Arc<AtomicU64>,
+    pub outbox: Outbox,
+    /// This connection's number: a sync's batches carry its request id only on this connection.
+    pub conn: u64,
     pub timing: Arc<Timing>,
 }
 
@@ -80,13 +80,6 @@ impl Jobs {
         if let Some(handle) = self.running.get(&id) {
             tracing::debug!(id, "request cancelled by the server");
             handle.abort();
-        }
-    }
-
-    /// A committed batch: releases the sync waiting for it.
-    pub fn ack(&self, batch: u64) {
-        if !self.ctx.acks.ack(batch) {
-            tracing::debug!(batch, "Ack for a batch nobody waits for");
         }
     }
 

@@ -1,8 +1,12 @@
 //! The agent's connection to the cloud: connect, serve one session, wait, connect again, until shut down.
 //!
 //! - `connect`: WebSocket over TLS with the bearer token; `session`: `Hello`/`Welcome` and the serving loop;
-//!   `outgoing`: the single writer; `jobs`: device requests, one task each; `sync`: attendance upload with
-//!   acknowledged batches; `devices`: the site's terminals, one session per terminal at a time, reachability.
+//!   `outgoing`: the single writer; `jobs`: device requests, one task each; `sync`: a requested sync through the
+//!   outbox; `upload`: the outbox's batches to the server, deleted on `Ack`; `devices`: the site's terminals, one
+//!   working session per terminal at a time, reachability.
+//!
+//! What outlives connections: the outbox, the device table (the last list the server sent) and the collectors
+//! that read the terminals on their own (`crate::collect`), so punches keep being queued while the cloud is away.
 //!
 //! Reconnect delays: failures back off exponentially with jitter (`backoff_min` doubling up to `backoff_max`,
 //! reset after a session that lived `stable_after`); a refused token or an incompatible server waits
@@ -10,11 +14,12 @@
 //! random delay without counting as a failure.
 
 mod connect;
-mod devices;
-mod jobs;
+pub(crate) mod devices;
+pub(crate) mod jobs;
 mod outgoing;
 mod session;
 mod sync;
+mod upload;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -24,9 +29,12 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::collect::Collectors;
 use crate::config::{Config, Timing};
+use crate::outbox::{Outbox, OutboxError};
 pub use connect::ConnectError;
 use connect::Connector;
+use devices::DeviceTable;
 use session::End;
 
 /// Why the relay could not start at all (it never gives up once started).
@@ -34,20 +42,53 @@ use session::End;
 pub enum RelayError {
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("cannot open the outbox: {0}")]
+    Outbox(#[from] OutboxError),
 }
 
 /// State that outlives sessions.
 pub(crate) struct Shared {
     pub config: Arc<Config>,
-    /// `Punches` batch ids: unique for the life of the process.
-    pub batch_ids: Arc<AtomicU64>,
+    pub devices: DeviceTable,
+    pub outbox: Outbox,
+    /// Connections so far: numbers each one, so request tags of an old connection are never sent on a new one.
+    pub conns: AtomicU64,
 }
 
 /// Connects to `config.server` and serves it, reconnecting for ever, until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RelayError> {
     let config = Arc::new(config);
     let connector = Connector::new(config.clone())?;
-    let shared = Shared { config: config.clone(), batch_ids: Arc::new(AtomicU64::new(1)) };
+    let path = config.collect.outbox.display().to_string();
+    let (outbox, _recovery) = Outbox::open(&config.collect.outbox, config.collect.outbox_max_bytes).await?;
+    match outbox.stats().await {
+        Ok(s) => tracing::info!(%path, batches = s.batches, punches = s.punches, bytes = s.bytes, "outbox open"),
+        Err(error) => tracing::warn!(%path, %error, "outbox open, but cannot count what it holds"),
+    }
+    let devices = DeviceTable::default();
+    let collectors = Collectors::start(
+        devices.clone(),
+        outbox.clone(),
+        Arc::new(config.collect.clone()),
+        Arc::new(config.timing.clone()),
+    );
+    let shared = Shared { config: config.clone(), devices, outbox, conns: AtomicU64::new(1) };
+    let result = serve(&config, &connector, &shared, &shutdown).await;
+    // Collectors first, so nothing writes while the outbox is checkpointed and closed.
+    drop(collectors);
+    if let Err(error) = shared.outbox.clone().close().await {
+        tracing::warn!(%path, %error, "cannot checkpoint the outbox on the way out (it is safe anyway)");
+    }
+    result
+}
+
+/// The reconnect loop.
+async fn serve(
+    config: &Arc<Config>,
+    connector: &Connector,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> Result<(), RelayError> {
     let server = config.server.to_string();
     let mut backoff = Backoff::new(&config.timing);
     // Errors that repeat on every attempt are logged as errors once, then quietly until something changes.
@@ -64,7 +105,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         let (end, welcomed_at) = match connected {
             Ok(ws) => {
                 let span = tracing::info_span!("session", %server);
-                let ended = session::run(&shared, ws, &shutdown).instrument(span).await;
+                let ended = session::run(shared, ws, shutdown).instrument(span).await;
                 (ended.end, ended.welcomed_at)
             }
             Err(ConnectError::Refused { status }) => (End::Refused(format!("HTTP {status}")), None),

@@ -20,7 +20,7 @@ use super::connect::WsStream;
 use super::devices::{DeviceTable, probe_all};
 use super::jobs::{JobCtx, Jobs};
 use super::outgoing::{Out, Outgoing, QUEUE, writer};
-use super::sync::Acks;
+use super::upload::Uploader;
 use crate::config::Timing;
 
 /// How a session ended.
@@ -147,12 +147,16 @@ impl Session<'_> {
             probe_interval_ms = probe_every.as_millis() as u64,
             "connected"
         );
-        let devices = DeviceTable::new(welcome.devices);
+        shared.devices.replace(welcome.devices);
+        let devices = shared.devices.clone();
+        let conn = shared.conns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Queued batches go first, in order: the uploader starts from the oldest.
+        let uploader = Uploader::start(shared.outbox.clone(), self.out.clone(), conn, timing.ack_timeout);
         let mut jobs = Jobs::new(JobCtx {
             devices: devices.clone(),
             out: self.out.clone(),
-            acks: Acks::default(),
-            batch_ids: shared.batch_ids.clone(),
+            outbox: shared.outbox.clone(),
+            conn,
             timing: Arc::new(timing.clone()),
         });
         let mut rounds = Rounds::default();
@@ -169,7 +173,7 @@ impl Session<'_> {
                 frame = stream.next() => {
                     last_heard = Instant::now();
                     match self.decode(frame) {
-                        Ok(Some(msg)) => self.handle(msg, &mut jobs, &devices, &mut rounds).await,
+                        Ok(Some(msg)) => self.handle(msg, &mut jobs, &uploader, &devices, &mut rounds).await,
                         Ok(None) => Ok(()),
                         Err(end) => Err(end),
                     }
@@ -203,7 +207,14 @@ impl Session<'_> {
         }
     }
 
-    async fn handle(&mut self, msg: ServerMsg, jobs: &mut Jobs, devices: &DeviceTable, rounds: &mut Rounds) -> Step {
+    async fn handle(
+        &mut self,
+        msg: ServerMsg,
+        jobs: &mut Jobs,
+        uploader: &Uploader,
+        devices: &DeviceTable,
+        rounds: &mut Rounds,
+    ) -> Step {
         match msg {
             ServerMsg::Request { id, device, op } => match jobs.start(id, device, op) {
                 Some(immediate) => self.send(immediate).await,
@@ -214,7 +225,7 @@ impl Session<'_> {
                 Ok(())
             }
             ServerMsg::Ack { batch } => {
-                jobs.ack(batch);
+                uploader.ack(batch);
                 Ok(())
             }
             ServerMsg::DevicesChanged { devices: specs } => {

@@ -1,128 +1,57 @@
-//! `SyncAttendance`: read every record from the terminal, then send them as `Punches` batches, at most
-//! [`MAX_UNACKED_BATCHES`] ahead of the server's `Ack`s (which come only after the database commit), and answer
-//! `Synced` once every batch is acknowledged. The terminal is released before the upload starts.
+//! `SyncAttendance`: read the terminal's whole log (then release the terminal), queue in the outbox what is past the
+//! device's watermark, and answer `Synced` once the server acknowledged every batch of it. The uploader sends the
+//! batches, after anything queued before them; they carry this request's id while this connection lasts. If the
+//! connection drops first the request fails, but the records stay queued and go on the next connection.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use essl_wire::{AgentMsg, ErrorKind, MAX_PUNCHES_PER_BATCH, OpError, OpResult, Punch};
-use essl_zk::attendance::AttendanceRecord;
-use tokio::sync::oneshot;
+use essl_wire::{AgentMsg, ErrorKind, OpError, OpResult};
 
 use super::devices::Device;
-use super::jobs::{JobCtx, failure, format_local_time, zk_error};
+use super::jobs::{JobCtx, failure, zk_error};
 use super::outgoing::{Out, Outgoing};
-
-/// Batches sent and not yet acknowledged, at most, per sync.
-pub(crate) const MAX_UNACKED_BATCHES: usize = 4;
-
-/// Syncs waiting for `Ack { batch }`.
-#[derive(Clone, Default)]
-pub(crate) struct Acks(Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>);
-
-impl Acks {
-    fn expect(&self, batch: u64) -> oneshot::Receiver<()> {
-        let (tx, rx) = oneshot::channel();
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(batch, tx);
-        rx
-    }
-
-    fn forget(&self, batch: u64) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).remove(&batch);
-    }
-
-    /// Wakes the sync waiting for `batch`; false if none does.
-    pub fn ack(&self, batch: u64) -> bool {
-        let waiter = self.0.lock().unwrap_or_else(PoisonError::into_inner).remove(&batch);
-        waiter.is_some_and(|tx| tx.send(()).is_ok())
-    }
-}
+use crate::collect::read_terminal;
+use crate::outbox::{OutboxError, Tag};
 
 pub(crate) async fn run(ctx: &JobCtx, id: u64, device: &Device) -> Result<OpResult, OpError> {
-    let records = read(ctx, id, device).await?;
-    // outbox: this is where the records go to the durable outbox (and the terminal's watermark advances) before
-    // anything is sent; `send` would then flush from the outbox, so a dropped connection no longer fails the sync.
-    send(ctx, id, &device.spec.id, &records).await
-}
-
-async fn read(ctx: &JobCtx, id: u64, device: &Device) -> Result<Vec<AttendanceRecord>, OpError> {
-    let mut session = device.session(&ctx.timing).await.map_err(zk_error)?;
     let mut progress = Progress::new(id, ctx.out.clone(), ctx.timing.progress_every);
-    let read = session.client.read_attendance(&mut |done, total| progress.report(done, total)).await;
-    session.close().await;
-    let read = read.map_err(zk_error)?;
-    tracing::debug!(records = read.records.len(), layout = ?read.layout, "attendance read");
-    Ok(read.records)
-}
-
-async fn send(ctx: &JobCtx, id: u64, device: &str, records: &[AttendanceRecord]) -> Result<OpResult, OpError> {
-    let mut window = Window { acks: ctx.acks.clone(), pending: VecDeque::new(), limit: ctx.timing.ack_timeout };
-    let mut batches = 0u64;
-    for chunk in records.chunks(MAX_PUNCHES_PER_BATCH) {
-        if window.pending.len() >= MAX_UNACKED_BATCHES {
-            window.wait_oldest().await?;
+    let read =
+        read_terminal(device, &ctx.timing, &mut |done, total| progress.report(done, total)).await.map_err(zk_error)?;
+    let mut acks = ctx.outbox.acks();
+    let tag = Tag { conn: ctx.conn, request: id };
+    let queued = ctx.outbox.enqueue_read(&device.spec.id, &read, Some(tag)).await.map_err(outbox_error)?;
+    if let Some(reset) = &queued.reset {
+        tracing::warn!(%reset, records = queued.read, "log cleared or terminal replaced");
+    }
+    tracing::debug!(read = queued.read, queued = queued.sent, batches = queued.batches.len(), "attendance queued");
+    // Wait for the server's acks; the limit restarts whenever one of ours is acknowledged.
+    let mut waiting = queued.batches.len();
+    while waiting > 0 {
+        acks.borrow_and_update();
+        waiting = ctx.outbox.still_queued(&queued.batches).await.map_err(outbox_error)?;
+        if waiting == 0 {
+            break;
         }
-        let batch = ctx.batch_ids.fetch_add(1, Ordering::Relaxed);
-        window.pending.push_back((batch, ctx.acks.expect(batch)));
-        let records = chunk.iter().map(to_punch).collect();
-        let msg = AgentMsg::Punches { batch, device: device.to_string(), request: Some(id), records };
-        ctx.out.send(Outgoing::Msg(msg)).await.map_err(|_| connection_lost())?;
-        batches += 1;
-        tracing::debug!(batch, records = chunk.len(), "batch sent");
-    }
-    while !window.pending.is_empty() {
-        window.wait_oldest().await?;
-    }
-    Ok(OpResult::Synced { records: records.len() as u64, batches })
-}
-
-fn to_punch(r: &AttendanceRecord) -> Punch {
-    Punch {
-        uid: r.uid,
-        user_id: r.user_id.clone(),
-        local_time: format_local_time(r.timestamp),
-        status: r.status,
-        punch: r.punch,
-    }
-}
-
-fn connection_lost() -> OpError {
-    failure(ErrorKind::Internal, "the connection to the server was lost during the sync".into())
-}
-
-/// The batches of one sync waiting for their `Ack`, oldest first; forgotten if the sync ends early.
-struct Window {
-    acks: Acks,
-    pending: VecDeque<(u64, oneshot::Receiver<()>)>,
-    limit: Duration,
-}
-
-impl Window {
-    async fn wait_oldest(&mut self) -> Result<(), OpError> {
-        let Some((batch, rx)) = self.pending.front_mut() else { return Ok(()) };
-        let batch = *batch;
-        match tokio::time::timeout(self.limit, rx).await {
-            Ok(Ok(())) => {
-                self.pending.pop_front();
-                Ok(())
-            }
-            Ok(Err(_)) => Err(connection_lost()),
-            Err(_) => Err(failure(
+        if tokio::time::timeout(ctx.timing.ack_timeout, acks.changed()).await.is_err() {
+            return Err(failure(
                 ErrorKind::Internal,
-                format!("the server did not acknowledge batch {batch} within {:?}", self.limit),
-            )),
+                format!(
+                    "the server did not acknowledge {waiting} batches within {:?} (they stay queued)",
+                    ctx.timing.ack_timeout
+                ),
+            ));
         }
     }
+    Ok(OpResult::Synced {
+        records: queued.sent,
+        batches: queued.batches.len() as u64,
+        read: Some(queued.read),
+        reset: queued.reset.map(|r| r.to_string()),
+    })
 }
 
-impl Drop for Window {
-    fn drop(&mut self) {
-        for (batch, _) in &self.pending {
-            self.acks.forget(*batch);
-        }
-    }
+fn outbox_error(e: OutboxError) -> OpError {
+    failure(ErrorKind::Internal, format!("the agent could not queue the records: {e}"))
 }
 
 /// `Progress` of the read, in bytes: the first report, then at most one per `every`, and the last one.

@@ -7,10 +7,12 @@ use std::time::Instant;
 
 use anyhow::{Context, ensure};
 use essl_e2e::{Backend, terminal};
+use essl_server::hub::HubEvent;
 use essl_server::ingest;
 use essl_server::store::{DeviceKind, NewDevice, NewPunch, Store};
 use essl_zk_sim::{Fixture, generate};
 use serde_json::json;
+use tokio::sync::{broadcast, oneshot};
 
 use crate::office::{Db, Office, fresh_db, name};
 use crate::stats::median;
@@ -40,8 +42,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let db = name(backend);
         let mut e2e = Vec::with_capacity(args.runs);
         for i in 0..args.runs {
-            let Some(secs) = sync_once(backend, &sim, args.records).await? else { break };
-            println!("{db} e2e run={i} seconds={secs:.3} records_per_second={:.0}", args.records as f64 / secs);
+            let Some((secs, stages)) = sync_once(backend, &sim, args.records).await? else { break };
+            println!(
+                "{db} e2e run={i} seconds={secs:.3} records_per_second={:.0} {stages}",
+                args.records as f64 / secs
+            );
             e2e.push(secs);
         }
         if e2e.is_empty() {
@@ -69,14 +74,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One sync of every record through the relay into a fresh database; its wall time, or `None` if the database
-/// is not available here.
-async fn sync_once(backend: Backend, sim: &essl_zk_sim::Simulator, records: usize) -> anyhow::Result<Option<f64>> {
+/// One sync of every record through the relay into a fresh database: its wall time and where it went, or `None`
+/// if the database is not available here.
+async fn sync_once(
+    backend: Backend,
+    sim: &essl_zk_sim::Simulator,
+    records: usize,
+) -> anyhow::Result<Option<(f64, String)>> {
     let Some(db) = fresh_db(backend).await else { return Ok(None) };
     let office = Office::open(&db, sim.addr).await?;
+    let (stop, watcher) = watch(office.server.events());
     let started = Instant::now();
     let (status, body) = office.server.post("/api/essl/sync-attendance", json!({"deviceId": office.device})).await;
     let secs = started.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    let stages = stages(started, &watcher.await.unwrap_or_default());
     let device = office.device.parse().context("device id")?;
     let stored = office.server.state.store.count_attendance(Some(device)).await?;
     office.close().await;
@@ -87,7 +99,59 @@ async fn sync_once(backend: Backend, sim: &essl_zk_sim::Simulator, records: usiz
         body["totalRecords"]
     );
     ensure!(stored == records as i64, "{stored} records stored, expected {records}");
-    Ok(Some(secs))
+    Ok(Some((secs, stages)))
+}
+
+/// What the hub reported during a sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// The agent finished reading the terminal.
+    ReadDone,
+    /// A batch was committed.
+    Stored,
+}
+
+/// When the hub reported what, until told to stop.
+fn watch(
+    mut events: broadcast::Receiver<HubEvent>,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<Vec<(Instant, Seen)>>) {
+    let (stop, mut stopped) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                event = events.recv() => match event {
+                    Ok(HubEvent::SyncProgress { done, total, .. }) if done >= total => seen.push((Instant::now(), Seen::ReadDone)),
+                    Ok(HubEvent::PunchesStored { .. }) => seen.push((Instant::now(), Seen::Stored)),
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return seen,
+                },
+                _ = &mut stopped => return seen,
+            }
+        }
+    });
+    (stop, task)
+}
+
+/// `read_seconds` (request to the end of the terminal read) and the time the server took per stored batch
+/// (first, slowest, last): batches are stored one after the other, so the gaps between them are store times.
+fn stages(started: Instant, seen: &[(Instant, Seen)]) -> String {
+    let read = seen.iter().find(|(_, s)| *s == Seen::ReadDone).map_or(started, |(t, _)| *t);
+    let mut last = read;
+    let mut batches = Vec::new();
+    for (t, _) in seen.iter().filter(|(_, s)| *s == Seen::Stored) {
+        batches.push(t.duration_since(last).as_secs_f64() * 1e3);
+        last = *t;
+    }
+    let slowest = batches.iter().copied().fold(0.0, f64::max);
+    format!(
+        "read_seconds={:.3} batches={} batch_ms_first={:.0} batch_ms_max={slowest:.0} batch_ms_last={:.0}",
+        read.duration_since(started).as_secs_f64(),
+        batches.len(),
+        batches.first().copied().unwrap_or(0.0),
+        batches.last().copied().unwrap_or(0.0)
+    )
 }
 
 /// One `insert_punches` (or `insert_punches_naive`) of `rows` into a fresh database; its wall time.

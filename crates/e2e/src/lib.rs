@@ -47,12 +47,17 @@ impl Server {
     }
 
     pub async fn start_with(db: &TestDb, hub: HubConfig) -> Server {
+        Self::start_at(db, hub, "127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    /// A server at a given address: a restarted server on the port of the one before, as agents know it.
+    pub async fn start_at(db: &TestDb, hub: HubConfig, addr: SocketAddr) -> Server {
         init_tracing();
         let store = Store::connect(&db.url).await.expect("database opens and migrates");
         let admin = api_token(&store, "admin", Role::Admin).await;
         let staff = api_token(&store, "staff", Role::Staff).await;
         let state = AppState::new(store, ServerConfig { hub, grace: Duration::from_secs(5) });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();
         let signal = stop.clone();
@@ -187,10 +192,42 @@ async fn api_token(store: &Store, name: &str, role: Role) -> String {
     t.token.expose().to_owned()
 }
 
+/// A directory for one agent's outbox, removed when dropped. Tests that restart an agent on the same outbox
+/// keep one of these for the life of the test.
+pub struct TempOutbox {
+    dir: std::path::PathBuf,
+}
+
+impl TempOutbox {
+    pub fn new() -> TempOutbox {
+        let dir = std::env::temp_dir().join(format!("essl-e2e-outbox-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("outbox dir");
+        TempOutbox { dir }
+    }
+
+    pub fn path(&self) -> std::path::PathBuf {
+        self.dir.join("outbox.db")
+    }
+}
+
+impl Default for TempOutbox {
+    fn default() -> Self {
+        TempOutbox::new()
+    }
+}
+
+impl Drop for TempOutbox {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A running agent (the real relay loop).
 pub struct Agent {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    /// The outbox the harness made for it, if the test did not give one.
+    _outbox: Option<TempOutbox>,
 }
 
 impl Agent {
@@ -200,14 +237,25 @@ impl Agent {
 
     /// An agent for `url` (ws:// or wss://) trusting `extra_roots` besides the system's.
     pub fn start_with(url: &str, token: &str, extra_roots: Vec<Vec<u8>>) -> Agent {
+        Self::start_configured(url, token, |config| {
+            config.extra_roots = extra_roots.into_iter().map(Into::into).collect()
+        })
+    }
+
+    /// An agent with the harness's short timings and a fresh outbox, then whatever `configure` changes (give
+    /// `config.collect.outbox` to run on a particular outbox).
+    pub fn start_configured(url: &str, token: &str, configure: impl FnOnce(&mut essl_agent::config::Config)) -> Agent {
         let url = essl_agent::config::ServerUrl::parse(url).expect("url");
         let mut config = essl_agent::config::Config::new(url, essl_agent::config::Secret::new(token));
-        config.extra_roots = extra_roots.into_iter().map(Into::into).collect();
         config.timing.backoff_min = Duration::from_millis(50);
         config.timing.backoff_max = Duration::from_millis(500);
         config.timing.going_away_min = Duration::from_millis(10);
         config.timing.going_away_max = Duration::from_millis(100);
         config.timing.ping_interval = Duration::from_secs(2);
+        let outbox = TempOutbox::new();
+        config.collect.outbox = outbox.path();
+        configure(&mut config);
+        let outbox = (config.collect.outbox == outbox.path()).then_some(outbox);
         let stop = CancellationToken::new();
         let signal = stop.clone();
         let task = tokio::spawn(async move {
@@ -215,7 +263,7 @@ impl Agent {
                 panic!("agent failed to start: {e}");
             }
         });
-        Agent { stop, task }
+        Agent { stop, task, _outbox: outbox }
     }
 
     /// Ends the agent as a crash would: the task and its connection vanish without a goodbye.

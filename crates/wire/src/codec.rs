@@ -75,6 +75,23 @@ mod tests {
         assert!(decode_agent(&vec![0; MAX_MESSAGE_BYTES + 1]).is_err());
     }
 
+    /// `Synced` gained optional fields: what an older agent sends still decodes, and an older server (which knows
+    /// only the first two fields) still decodes what a newer agent sends.
+    #[test]
+    fn synced_fields_are_backward_compatible() {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        enum OldResult {
+            Synced { records: u64, batches: u64 },
+        }
+        let old = rmp_serde::to_vec_named(&OldResult::Synced { records: 5, batches: 1 }).expect("encodes");
+        let new: OpResult = rmp_serde::from_slice(&old).expect("decodes");
+        assert_eq!(new, OpResult::Synced { records: 5, batches: 1, read: None, reset: None });
+        let full = OpResult::Synced { records: 0, batches: 0, read: Some(100_000), reset: Some("cleared".into()) };
+        let bytes = rmp_serde::to_vec_named(&full).expect("encodes");
+        let seen_by_old: OldResult = rmp_serde::from_slice(&bytes).expect("an old server decodes it");
+        assert_eq!(seen_by_old, OldResult::Synced { records: 0, batches: 0 });
+    }
+
     #[test]
     fn negotiation() {
         assert_eq!(negotiate(1, 1), Some(1));

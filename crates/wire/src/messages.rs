@@ -74,11 +74,28 @@ pub enum Outcome {
 /// What a successful request returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpResult {
-    Probe { rtt_us: u64 },
-    Synced { records: u64, batches: u64 },
-    Users { users: Vec<DeviceUser> },
+    Probe {
+        rtt_us: u64,
+    },
+    Synced {
+        /// Records sent in `Punches` batches for this request.
+        records: u64,
+        batches: u64,
+        /// Records on the terminal; more than `records` when the agent sent only what was past its watermark.
+        /// Agents before the outbox do not send it (then `records` is both).
+        #[serde(default)]
+        read: Option<u64>,
+        /// Why every record was sent again although the agent had a watermark (log cleared, terminal replaced).
+        #[serde(default)]
+        reset: Option<String>,
+    },
+    Users {
+        users: Vec<DeviceUser>,
+    },
     Info(DeviceInfo),
-    Time { local_time: String },
+    Time {
+        local_time: String,
+    },
     Done,
 }
 

@@ -39,7 +39,9 @@ fn error_kind() -> impl Strategy<Value = ErrorKind> {
 fn outcome() -> impl Strategy<Value = Outcome> {
     prop_oneof![
         any::<u64>().prop_map(|rtt_us| Outcome::Ok(OpResult::Probe { rtt_us })),
-        (any::<u64>(), any::<u64>()).prop_map(|(records, batches)| Outcome::Ok(OpResult::Synced { records, batches })),
+        (any::<u64>(), any::<u64>(), any::<Option<u64>>(), proptest::option::of(text())).prop_map(
+            |(records, batches, read, reset)| Outcome::Ok(OpResult::Synced { records, batches, read, reset })
+        ),
         text().prop_map(|local_time| Outcome::Ok(OpResult::Time { local_time })),
         Just(Outcome::Ok(OpResult::Done)),
         (error_kind(), text()).prop_map(|(kind, message)| Outcome::Err(OpError { kind, message })),

@@ -15,9 +15,9 @@ use super::{List, openapi, validate};
 use crate::app::AppState;
 use crate::store::model::{AttendanceFilter, AttendanceRow, Cursor};
 
-/// Query of `GET /api/attendance`. Unknown parameters are refused (400).
+/// Query of `GET /api/attendance`. Unknown parameters are ignored (clients add cache-busters like `_=1732000000`).
 #[derive(Debug, Default, Deserialize, IntoParams)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct AttendanceQuery {
     /// Only this device's punches.

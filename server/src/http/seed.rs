@@ -115,7 +115,7 @@ pub struct SyncFailed {
 #[serde(rename_all = "camelCase")]
 pub struct SyncStats {
     pub devices: Vec<DeviceSyncStats>,
-    /// Records the terminals sent.
+    /// Records on the terminals (agents send only those past their watermark; the rest are stored already).
     pub records_read: u64,
     /// Of those, rows new to the database.
     pub new_records: u64,
@@ -292,9 +292,9 @@ pub async fn sync_attendance(
         };
         match &run.result {
             Ok(s) => {
-                read += s.received;
+                read += s.read;
                 new += s.inserted;
-                entry.records_read = Some(s.received);
+                entry.records_read = Some(s.read);
                 entry.new_records = Some(s.inserted);
             }
             Err(e) if e.is_connection() => {

@@ -85,11 +85,34 @@ pub struct Reachability {
 /// Something happened that dashboards may want to show live.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HubEvent {
-    AgentConnected { agent_id: Uuid },
-    AgentDisconnected { agent_id: Uuid },
-    Reachability { device_id: Uuid, agent_id: Uuid, reachable: bool },
-    SyncProgress { device_id: Uuid, done: u64, total: u64 },
-    PunchesStored { device_id: Uuid, inserted: u64 },
+    AgentConnected {
+        agent_id: Uuid,
+    },
+    AgentDisconnected {
+        agent_id: Uuid,
+    },
+    Reachability {
+        device_id: Uuid,
+        agent_id: Uuid,
+        reachable: bool,
+    },
+    SyncProgress {
+        device_id: Uuid,
+        done: u64,
+        total: u64,
+    },
+    /// Rows new to the database (only when there are some).
+    PunchesStored {
+        device_id: Uuid,
+        inserted: u64,
+    },
+    /// Every committed batch: how many records came and how many were new (tests and metrics see what agents
+    /// send, including repeats).
+    BatchCommitted {
+        device_id: Uuid,
+        records: u64,
+        inserted: u64,
+    },
 }
 
 /// What goes to a connection's writer.

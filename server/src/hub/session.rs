@@ -261,6 +261,9 @@ async fn handle(msg: AgentMsg, agent: &Agent, ctx: &SessionCtx, tx: &mpsc::Sende
                     if let Some(id) = request {
                         ctx.hub.add_stored(agent.id, id, records.len() as u64, stats.inserted);
                     }
+                    let received = records.len() as u64;
+                    tracing::debug!(agent_id = %agent.id, %device_id, batch, received, inserted = stats.inserted, ?request, "batch stored");
+                    ctx.hub.emit(HubEvent::BatchCommitted { device_id, records: received, inserted: stats.inserted });
                     if stats.inserted > 0 {
                         ctx.hub.emit(HubEvent::PunchesStored { device_id, inserted: stats.inserted });
                     }

@@ -148,6 +148,17 @@ pub(crate) struct Finish<'a> {
     pub duration_ms: Option<i32>,
 }
 
+/// Conflicts of a device write are about its serial number; foreign keys about its site.
+pub(crate) fn device_write_error(e: sqlx::Error, d: &NewDevice) -> StoreError {
+    match unknown_ref(e, "site") {
+        StoreError::Conflict(_) => StoreError::Conflict(format!(
+            "serial number {:?} is used by another device",
+            d.serial_number.as_deref().unwrap_or_default()
+        )),
+        other => other,
+    }
+}
+
 /// The device as it would be after the patch, checked like a new one.
 pub(crate) fn patched(d: &Device, p: &DevicePatch) -> Result<NewDevice, StoreError> {
     let new = NewDevice {

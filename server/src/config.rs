@@ -1,0 +1,365 @@
+//! The server's settings: command-line flags, environment variables and an optional TOML file (`--config`,
+//! `ESSL_CONFIG`), merged flag > environment > file > default and validated once at start. Every problem is
+//! reported, each naming its key and where it came from; secrets and database passwords are never echoed.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use essl_server::auth::token::Secret;
+use essl_server::auth::{Supabase, SupabaseConfig};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://essl-relay.db";
+
+/// `server.toml`. Every key is optional; unknown keys are an error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSettings {
+    pub listen: Option<String>,
+    pub database_url: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub supabase_url: Option<String>,
+    pub supabase_jwt_secret: Option<String>,
+}
+
+/// Keys whose values are never shown, not even in a type error.
+const SECRET_KEYS: &[&str] = &["supabase_jwt_secret", "database_url"];
+
+/// Where a value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Flag(&'static str),
+    Env(&'static str),
+    File { path: PathBuf, key: String },
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Flag(name) => write!(f, "--{name}"),
+            Origin::Env(name) => write!(f, "environment variable {name}"),
+            Origin::File { path, key } if key.is_empty() => write!(f, "{}", path.display()),
+            Origin::File { path, key } => write!(f, "`{key}` in {}", path.display()),
+        }
+    }
+}
+
+/// A value given on the command line or in the environment, and which of the two.
+#[derive(Debug, Clone)]
+pub struct Given<T> {
+    pub value: T,
+    pub origin: Origin,
+}
+
+/// What the command line and the environment gave (the caller reads them; this module merges and checks).
+#[derive(Debug, Default)]
+pub struct Sources {
+    pub config_file: Option<Given<PathBuf>>,
+    pub listen: Option<Given<String>>,
+    pub database_url: Option<Given<String>>,
+    pub tls_cert: Option<Given<PathBuf>>,
+    pub tls_key: Option<Given<PathBuf>>,
+    pub supabase_url: Option<Given<String>>,
+    pub supabase_jwt_secret: Option<Given<Secret>>,
+}
+
+/// The validated settings.
+#[derive(Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    /// Certificate chain and private key (PEM).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub supabase: Option<SupabaseConfig>,
+}
+
+/// One invalid or missing value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub origin: Origin,
+    pub message: String,
+}
+
+/// Everything wrong with the settings, one problem per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {}", p.origin, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the file (if any), merges it under the flags and the environment, and checks everything once.
+pub fn load(sources: Sources) -> Result<Settings, ConfigError> {
+    let (file, path) = match &sources.config_file {
+        Some(given) => match read_file(&given.value) {
+            Ok(file) => (file, Some(given.value.clone())),
+            Err(p) => return Err(ConfigError { problems: vec![p] }),
+        },
+        None => (FileSettings::default(), None),
+    };
+    let in_file = |key: &str| Origin::File { path: path.clone().unwrap_or_default(), key: key.to_owned() };
+    // The command line (or environment) first, then the file.
+    fn pick<T: Clone, F>(
+        given: &Option<Given<T>>,
+        file: Option<F>,
+        origin: Origin,
+        map: impl Fn(F) -> T,
+    ) -> Option<(T, Origin)> {
+        match (given, file) {
+            (Some(g), _) => Some((g.value.clone(), g.origin.clone())),
+            (None, Some(v)) => Some((map(v), origin)),
+            (None, None) => None,
+        }
+    }
+    let mut problems = Vec::new();
+    let mut problem = |origin: Origin, message: String| problems.push(Problem { origin, message });
+
+    let listen = match pick(&sources.listen, file.listen, in_file("listen"), |v| v) {
+        Some((text, origin)) => text.trim().parse::<SocketAddr>().map_err(|_| {
+            problem(origin, format!("{text:?} is not an address to listen on; write IP:PORT, e.g. 0.0.0.0:8080"))
+        }),
+        None => DEFAULT_LISTEN.parse().map_err(|_| ()),
+    };
+
+    let database_url = match pick(&sources.database_url, file.database_url, in_file("database_url"), |v| v) {
+        Some((url, origin)) => {
+            let url = url.trim().to_owned();
+            if ["sqlite:", "postgres://", "postgresql://"].iter().any(|p| url.starts_with(p)) {
+                Ok(url)
+            } else {
+                // Never the URL itself: it may hold a password.
+                problem(origin, "must start with sqlite:, postgres:// or postgresql://".into());
+                Err(())
+            }
+        }
+        None => Ok(DEFAULT_DATABASE_URL.to_owned()),
+    };
+
+    // Relative paths in the file are relative to the file, so the file can move with its certificates.
+    let cert = pick(&sources.tls_cert, file.tls_cert, in_file("tls_cert"), |p| relative_to(path.as_deref(), &p));
+    let key = pick(&sources.tls_key, file.tls_key, in_file("tls_key"), |p| relative_to(path.as_deref(), &p));
+    let tls = match (cert, key) {
+        (Some((cert, cert_origin)), Some((key, key_origin))) => {
+            let c = check_certs(&cert).map_err(|m| problem(cert_origin, m));
+            let k = check_key(&key).map_err(|m| problem(key_origin, m));
+            if c.is_ok() && k.is_ok() { Ok(Some((cert, key))) } else { Err(()) }
+        }
+        (Some((_, origin)), None) => {
+            problem(origin, "given without a key: set tls_key (--tls-key, ESSL_TLS_KEY) too".into());
+            Err(())
+        }
+        (None, Some((_, origin))) => {
+            problem(origin, "given without a certificate: set tls_cert (--tls-cert, ESSL_TLS_CERT) too".into());
+            Err(())
+        }
+        (None, None) => Ok(None),
+    };
+
+    let url = pick(&sources.supabase_url, file.supabase_url, in_file("supabase_url"), |v| v)
+        .filter(|(u, _)| !u.trim().is_empty());
+    let secret =
+        pick(&sources.supabase_jwt_secret, file.supabase_jwt_secret, in_file("supabase_jwt_secret"), Secret::new)
+            .filter(|(s, _)| !s.expose().trim().is_empty());
+    // Each part is checked on its own, so that a problem names its own key.
+    if let Some((url, origin)) = &url
+        && let Some(config) = SupabaseConfig::new(None, Some(url.clone()))
+        && let Err(e) = Supabase::new(config)
+    {
+        problem(origin.clone(), e.to_string());
+    }
+    if let Some((secret, origin)) = &secret
+        && let Some(config) = SupabaseConfig::new(Some(secret.expose().to_owned()), None)
+        && let Err(e) = Supabase::new(config)
+    {
+        problem(origin.clone(), e.to_string());
+    }
+    let supabase = SupabaseConfig::new(secret.map(|(s, _)| s.expose().to_owned()), url.map(|(u, _)| u));
+
+    match (listen, database_url, tls) {
+        (Ok(listen), Ok(database_url), Ok(tls)) if problems.is_empty() => {
+            Ok(Settings { listen, database_url, tls, supabase })
+        }
+        _ => Err(ConfigError { problems }),
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, Problem> {
+    let whole_file =
+        |message: String| Problem { origin: Origin::File { path: path.to_path_buf(), key: String::new() }, message };
+    let text = std::fs::read_to_string(path).map_err(|e| whole_file(format!("cannot read the settings file: {e}")))?;
+    toml::from_str(&text).map_err(|e| {
+        // The message only, never toml's excerpt of the source: that line could hold a secret.
+        let (line, key) = e.span().map(|s| locate(&text, s.start)).unwrap_or((0, String::new()));
+        let detail = if SECRET_KEYS.contains(&key.as_str()) {
+            "invalid value (not shown: it may be secret); want a string".to_owned()
+        } else {
+            e.message().trim().to_owned()
+        };
+        let message = if line > 0 { format!("line {line}: {detail}") } else { detail };
+        Problem { origin: Origin::File { path: path.to_path_buf(), key }, message }
+    })
+}
+
+/// The 1-based line of `offset` and the key assigned on that line, if it looks like `key = ...`.
+fn locate(text: &str, offset: usize) -> (usize, String) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line_no = before.matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    let key = line.split_once('=').map(|(k, _)| k.trim().to_owned()).unwrap_or_default();
+    let key = if key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
+        key
+    } else {
+        String::new()
+    };
+    (line_no, key)
+}
+
+fn relative_to(config_file: Option<&Path>, p: &Path) -> PathBuf {
+    match config_file.and_then(Path::parent) {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p.to_path_buf(),
+    }
+}
+
+fn check_certs(path: &Path) -> Result<(), String> {
+    let iter = CertificateDer::pem_file_iter(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs =
+        iter.collect::<Result<Vec<_>, _>>().map_err(|e| format!("{} is not a PEM file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", path.display()));
+    }
+    Ok(())
+}
+
+fn check_key(path: &Path) -> Result<(), String> {
+    // The error never quotes the file: it is a private key.
+    PrivateKeyDer::from_pem_file(path)
+        .map(|_| ())
+        .map_err(|e| format!("{} holds no usable PEM private key ({e})", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("essl-server-config-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        dir
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    fn file(p: &Path) -> Option<Given<PathBuf>> {
+        Some(Given { value: p.to_path_buf(), origin: Origin::Flag("config") })
+    }
+
+    fn flag<T>(value: T, name: &'static str) -> Option<Given<T>> {
+        Some(Given { value, origin: Origin::Flag(name) })
+    }
+
+    #[test]
+    fn defaults() {
+        let s = load(Sources::default()).expect("valid");
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(s.database_url, DEFAULT_DATABASE_URL);
+        assert!(s.tls.is_none() && s.supabase.is_none());
+    }
+
+    #[test]
+    fn flag_or_env_beats_file() {
+        let dir = tempdir("precedence");
+        let f = write(
+            &dir,
+            "server.toml",
+            "listen = \"0.0.0.0:9000\"\ndatabase_url = \"postgres://u:p@db/essl\"\nsupabase_jwt_secret = \"0123456789abcdef0123456789abcdef\"\n",
+        );
+        let s = load(Sources { config_file: file(&f), ..Sources::default() }).expect("valid");
+        assert_eq!(s.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(s.database_url, "postgres://u:p@db/essl");
+        assert!(s.supabase.is_some_and(|c| c.jwt_secret.is_some()));
+        let env = Some(Given { value: "127.0.0.1:7000".to_owned(), origin: Origin::Env("ESSL_LISTEN") });
+        let s = load(Sources { config_file: file(&f), listen: env, ..Sources::default() }).expect("valid");
+        assert_eq!(s.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(s.database_url, "postgres://u:p@db/essl");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_file() {
+        let dir = tempdir("bad");
+        let f = write(
+            &dir,
+            "server.toml",
+            "listen = \"everywhere\"\ndatabase_url = \"mysql://root:hunter2@db/x\"\nsupabase_jwt_secret = \"short-secret\"\nsupabase_url = \"http://example.com\"\ntls_cert = \"missing.pem\"\n",
+        );
+        let err = load(Sources { config_file: file(&f), ..Sources::default() }).expect_err("invalid");
+        let text = err.to_string();
+        for key in ["listen", "database_url", "supabase_jwt_secret", "supabase_url", "tls_cert"] {
+            assert!(text.contains(&format!("`{key}` in {}", f.display())), "{key}: {text}");
+        }
+        assert_eq!(err.problems.len(), 5, "{text}");
+        assert!(!text.contains("hunter2") && !text.contains("short-secret"), "a secret leaked: {text}");
+
+        let f = write(&dir, "unknown.toml", "listen = \"0.0.0.0:8080\"\nlisten_port = 8080\n");
+        let text = load(Sources { config_file: file(&f), ..Sources::default() }).expect_err("unknown").to_string();
+        assert!(text.contains("listen_port") && text.contains("line 2") && text.contains("unknown.toml"), "{text}");
+
+        let f = write(&dir, "type.toml", "listen = 8080\n");
+        let text = load(Sources { config_file: file(&f), ..Sources::default() }).expect_err("type").to_string();
+        assert!(text.contains("`listen` in") && text.contains("line 1"), "{text}");
+
+        let f = write(&dir, "secret-type.toml", "supabase_jwt_secret = 1234567890123\n");
+        let text = load(Sources { config_file: file(&f), ..Sources::default() }).expect_err("type").to_string();
+        assert!(text.contains("`supabase_jwt_secret` in") && !text.contains("1234567890123"), "{text}");
+
+        let f = write(&dir, "syntax.toml", "listen = \"0.0.0.0:8080\n");
+        let text = load(Sources { config_file: file(&f), ..Sources::default() }).expect_err("syntax").to_string();
+        assert!(text.contains("syntax.toml") && text.contains("line 1"), "{text}");
+
+        let text = load(Sources { config_file: file(&dir.join("nope.toml")), ..Sources::default() })
+            .expect_err("no file")
+            .to_string();
+        assert!(text.contains("nope.toml") && text.contains("cannot read"), "{text}");
+
+        let text =
+            load(Sources { listen: flag("x".into(), "listen"), ..Sources::default() }).expect_err("flag").to_string();
+        assert!(text.starts_with("--listen: "), "{text}");
+        let key = flag(dir.join("key.pem"), "tls-key");
+        let text = load(Sources { tls_key: key, ..Sources::default() }).expect_err("half").to_string();
+        assert!(text.starts_with("--tls-key: given without a certificate"), "{text}");
+    }
+
+    #[test]
+    fn tls_paths_relative_to_the_file() {
+        let dir = tempdir("tls");
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        write(&dir, "cert.pem", &cert.cert.pem());
+        write(&dir, "key.pem", &cert.signing_key.serialize_pem());
+        let f = write(&dir, "server.toml", "tls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n");
+        let s = load(Sources { config_file: file(&f), ..Sources::default() }).expect("valid");
+        assert_eq!(s.tls, Some((dir.join("cert.pem"), dir.join("key.pem"))));
+        let f = write(&dir, "swapped.toml", "tls_cert = \"key.pem\"\ntls_key = \"cert.pem\"\n");
+        let text = load(Sources { config_file: file(&f), ..Sources::default() }).expect_err("swapped").to_string();
+        assert!(text.contains("`tls_cert` in") && text.contains("`tls_key` in"), "{text}");
+    }
+}
