@@ -158,7 +158,6 @@ async fn demo(
     println!("{ADMIN_TOKEN}{admin}");
     println!();
     println!("essl-relay demo: a server, a simulated terminal and an agent, all on this computer. Ctrl-C stops it.");
-    println!("  dashboard  {base}/");
     println!("  API        {base}/api/...   (every route takes Authorization: Bearer <admin token>)");
     println!("  database   {} (SQLite)", db_path.display());
     println!(
@@ -219,7 +218,7 @@ async fn demo(
     } else {
         println!("{FIRST_SYNC}failed: the agent did not report the terminal reachable within 30 s (see the log)");
     }
-    println!("Press Sync in the dashboard or POST the sync route again to fetch the punches made since.");
+    println!("New punches reach the database by themselves (realtime); POST the sync route to fetch everything again.");
 
     shutdown.await;
     eprintln!("essl-relay demo: stopping");
