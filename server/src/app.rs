@@ -32,11 +32,14 @@ pub struct ServerConfig {
     pub hub: HubConfig,
     /// How long in-flight HTTP requests may take to finish after a shutdown signal.
     pub grace: Duration,
+    /// Served over TLS: session cookies get the `Secure` flag (behind a TLS proxy, `X-Forwarded-Proto: https`
+    /// does the same per request).
+    pub tls: bool,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { hub: HubConfig::default(), grace: Duration::from_secs(20) }
+        ServerConfig { hub: HubConfig::default(), grace: Duration::from_secs(20), tls: false }
     }
 }
 
@@ -52,8 +55,9 @@ impl AppState {
         }
     }
 
-    /// Background work of a running server: metrics follow the hub's events.
+    /// Background work of a running server: metrics follow the hub's events; expired sessions are swept.
     pub fn start_background(&self) {
+        self.start_session_sweeper();
         let mut events = self.hub.subscribe();
         let metrics = self.metrics.clone();
         let shutdown = self.shutdown.clone();
@@ -70,6 +74,26 @@ impl AppState {
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
+    /// Forgets expired dashboard sessions every hour (they are refused anyway; this keeps the table small).
+    fn start_session_sweeper(&self) {
+        let store = self.store.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                match store.delete_expired_sessions().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(sessions = n, "expired dashboard sessions forgotten"),
+                    Err(error) => tracing::warn!(%error, "cannot forget expired sessions"),
                 }
             }
         });

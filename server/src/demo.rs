@@ -23,6 +23,10 @@ use tokio_util::sync::CancellationToken;
 pub const LISTENING: &str = "listening on http://";
 /// Prefix of the line that gives the admin token.
 pub const ADMIN_TOKEN: &str = "admin token: ";
+/// Prefix of the line that gives the dashboard's address.
+pub const DASHBOARD: &str = "dashboard: ";
+/// Prefix of the line that gives the dashboard login, `<user> / <password>`.
+pub const LOGIN: &str = "dashboard login: ";
 /// Prefix of the line that gives the first sync's result.
 pub const FIRST_SYNC: &str = "first sync: ";
 
@@ -85,6 +89,13 @@ async fn demo(
     // What an admin would set up through the API: a token for themselves, an office, its terminal, its agent.
     let admin = token::generate(token::API_PREFIX).context("no random source")?;
     store.create_api_token_with_id(admin.id, "demo admin", Role::Admin, &admin.hash).await?;
+    // And a dashboard login, with a random password (the demo's server listens on loopback, but even so).
+    let password = essl_server::auth::password::generate().context("no random source")?;
+    let hash = {
+        let password = password.clone();
+        tokio::task::spawn_blocking(move || essl_server::auth::password::hash(&password)).await??
+    };
+    store.create_user("admin", Role::Admin, &hash).await?;
     let site = store.ensure_site("Demo office").await?;
     let device = store
         .create_device(&NewDevice {
@@ -105,7 +116,7 @@ async fn demo(
 
     // The server.
     let hub = HubConfig { probe_interval: Duration::from_secs(10), ..HubConfig::default() };
-    let state = AppState::new(store, ServerConfig { hub, grace: Duration::from_secs(3) });
+    let state = AppState::new(store, ServerConfig { hub, grace: Duration::from_secs(3), ..ServerConfig::default() });
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
@@ -156,8 +167,11 @@ async fn demo(
     let base = format!("http://{addr}");
     println!("{LISTENING}{addr}");
     println!("{ADMIN_TOKEN}{admin}");
+    println!("{DASHBOARD}{base}/");
+    println!("{LOGIN}admin / {}", password.expose());
     println!();
     println!("essl-relay demo: a server, a simulated terminal and an agent, all on this computer. Ctrl-C stops it.");
+    println!("  dashboard  {base}/   (user admin, the password above)");
     println!("  API        {base}/api/...   (every route takes Authorization: Bearer <admin token>)");
     println!("  database   {} (SQLite)", db_path.display());
     println!(

@@ -15,6 +15,7 @@ use essl_server::store::model::Role;
 mod config;
 #[cfg(feature = "demo")]
 mod demo;
+mod user_cli;
 
 /// The cloud side of essl-relay: HTTP API for staff, WebSocket hub for office agents.
 #[derive(Debug, Parser)]
@@ -28,9 +29,12 @@ struct Cli {
 enum Command {
     /// Serve the API and the agent hub.
     Serve(ServeArgs),
-    /// Manage API tokens.
+    /// Manage API tokens (for scripts and front-ends).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage dashboard logins (people).
+    #[command(subcommand)]
+    User(UserCommand),
     /// Everything on this computer in one command: the server on a fresh SQLite file, a simulated terminal and
     /// an agent; prints the URL and an admin token, and runs the first sync.
     #[cfg(feature = "demo")]
@@ -85,6 +89,37 @@ enum TokenCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add a dashboard login. Prints a generated password once, unless --password-stdin.
+    Create {
+        /// User name: 1 to 64 letters, digits or `._@-` (compared without case).
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Read the password (at least 10 characters) from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Set a new password (ends the user's sessions). Prints a generated one unless --password-stdin.
+    Password {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List the dashboard logins.
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum RoleArg {
     Admin,
@@ -132,6 +167,22 @@ fn main() -> ExitCode {
                 Err(e) => return invalid(&e),
             }
         }
+        Command::User(command) => {
+            let m = matches.subcommand_matches("user").and_then(|m| m.subcommand()).map(|(_, m)| m).unwrap_or(&matches);
+            let (db, action) = match command {
+                UserCommand::Create { name, role, password_stdin, db } => {
+                    (db, UserAction::Create { name, role: role.into(), source: source(password_stdin) })
+                }
+                UserCommand::Password { name, password_stdin, db } => {
+                    (db, UserAction::Password { name, source: source(password_stdin) })
+                }
+                UserCommand::List { db } => (db, UserAction::List),
+            };
+            match config::load(db_sources(db, m)) {
+                Ok(settings) => Work::User { action, database_url: settings.database_url },
+                Err(e) => return invalid(&e),
+            }
+        }
         #[cfg(feature = "demo")]
         Command::Demo(args) => Work::Demo(args),
     };
@@ -146,6 +197,14 @@ fn main() -> ExitCode {
         match work {
             Work::Serve(settings) => serve(settings).await,
             Work::CreateToken { role, name, database_url } => create_token(role, &name, &database_url).await,
+            Work::User { action, database_url } => {
+                let store = open_store(&database_url).await?;
+                match action {
+                    UserAction::Create { name, role, source } => user_cli::create(&store, &name, role, source).await,
+                    UserAction::Password { name, source } => user_cli::set_password(&store, &name, source).await,
+                    UserAction::List => user_cli::list(&store).await,
+                }
+            }
             #[cfg(feature = "demo")]
             Work::Demo(args) => demo::run(args, shutdown_signal()).await,
         }
@@ -167,8 +226,31 @@ enum Work {
         name: String,
         database_url: String,
     },
+    User {
+        action: UserAction,
+        database_url: String,
+    },
     #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
+}
+
+enum UserAction {
+    Create { name: String, role: Role, source: user_cli::NewPassword },
+    Password { name: String, source: user_cli::NewPassword },
+    List,
+}
+
+fn source(stdin: bool) -> user_cli::NewPassword {
+    if stdin { user_cli::NewPassword::Stdin } else { user_cli::NewPassword::Generated }
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Admin => Role::Admin,
+            RoleArg::Staff => Role::Staff,
+        }
+    }
 }
 
 fn invalid(e: &config::ConfigError) -> ExitCode {
@@ -215,10 +297,7 @@ async fn create_token(role: RoleArg, name: &str, database_url: &str) -> anyhow::
     anyhow::ensure!(!name.trim().is_empty() && name.len() <= 100, "--name must be 1 to 100 characters");
     let store = open_store(database_url).await?;
     let new = token::generate(token::API_PREFIX).context("no random source")?;
-    let role = match role {
-        RoleArg::Admin => Role::Admin,
-        RoleArg::Staff => Role::Staff,
-    };
+    let role = Role::from(role);
     store.create_api_token_with_id(new.id, name, role, &new.hash).await?;
     println!("{}", new.token.expose());
     eprintln!("Token for {name:?} ({role:?}) created. It is shown this once; only its hash is stored.");
@@ -227,7 +306,8 @@ async fn create_token(role: RoleArg, name: &str, database_url: &str) -> anyhow::
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let store = open_store(&settings.database_url).await?;
-    let mut state = AppState::new(store, ServerConfig::default());
+    let config = ServerConfig { tls: settings.tls.is_some(), ..ServerConfig::default() };
+    let mut state = AppState::new(store, config);
     if let Some(config) = settings.supabase {
         state.auth = state.auth.clone().with_supabase(config).context("Supabase logins")?;
         let supabase = state.auth.supabase();

@@ -13,7 +13,7 @@ use crate::app::AppState;
 use crate::hub::CallError;
 use crate::metrics::OpLabels;
 use crate::store::StoreError;
-use crate::store::model::{Device, DeviceKind, ErrorKind, NewSyncAttempt, SyncStatus};
+use crate::store::model::{Device, DeviceKind, ErrorKind, NewSyncAttempt, SyncEnd, SyncStatus};
 
 /// Probe budget through the relay: the agent's 3 s with one retry, plus the way there and back.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(8);
@@ -102,6 +102,7 @@ pub async fn sync_device(state: &AppState, device: Device, caller: Option<Uuid>)
         state.metrics.punches_received.inc_by(r.records_received);
     }
     let duration_ms = i32::try_from(duration.as_millis()).unwrap_or(i32::MAX);
+    let served_by = result.as_ref().ok().map(|r| r.agent_id);
     let result = result.map(|r| {
         let (read, reset) = match r.result {
             OpResult::Synced { read, reset, .. } => (read.unwrap_or(r.records_received), reset),
@@ -116,7 +117,31 @@ pub async fn sync_device(state: &AppState, device: Device, caller: Option<Uuid>)
             (SyncStatus::Failed, 0, None, Some(e.to_string()), Some(kind))
         }
     };
-    state.store.finish_sync(attempt.id, status, synced, total, message.clone(), kind, Some(duration_ms)).await?;
+    match served_by {
+        Some(agent_id) => {
+            let end = SyncEnd {
+                status,
+                records_synced: synced,
+                records_total: total,
+                error_message: message.clone(),
+                error_kind: kind,
+                duration_ms: Some(duration_ms),
+            };
+            state.store.finish_sync_by(attempt.id, agent_id, end).await?;
+        }
+        None => {
+            state
+                .store
+                .finish_sync(attempt.id, status, synced, total, message.clone(), kind, Some(duration_ms))
+                .await?;
+        }
+    }
+    state.hub.emit(crate::hub::HubEvent::SyncFinished {
+        device_id: device.id,
+        sync_id: attempt.id,
+        success: status == SyncStatus::Success,
+        records_synced: u64::try_from(synced).unwrap_or(0),
+    });
     if let Some(m) = &message {
         let _ = state.store.add_sync_log(device.id, Some(attempt.id), "error", m).await;
     }

@@ -34,13 +34,15 @@ async fn demo_syncs_by_itself_and_serves_the_attendance() {
     });
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
 
-    let (mut addr, mut admin, mut first_sync, mut printed) = (None, None, None, Vec::new());
+    let (mut addr, mut admin, mut login, mut first_sync, mut printed) = (None, None, None, None, Vec::new());
     let read = tokio::time::timeout(Duration::from_secs(120), async {
         while let Some(line) = lines.next_line().await.expect("stdout is text") {
             if let Some(a) = line.strip_prefix("listening on http://") {
                 addr = Some(a.parse::<std::net::SocketAddr>().expect("a socket address"));
             } else if let Some(t) = line.strip_prefix("admin token: ") {
                 admin = Some(t.to_owned());
+            } else if let Some(l) = line.strip_prefix("dashboard login: ") {
+                login = l.split_once(" / ").map(|(u, p)| (u.to_owned(), p.to_owned()));
             } else if let Some(r) = line.strip_prefix("first sync: ") {
                 first_sync = Some(r.to_owned());
             }
@@ -81,6 +83,23 @@ async fn demo_syncs_by_itself_and_serves_the_attendance() {
     let (status, _) = get(addr, "/api/attendance", "essls_wrong").await;
     assert_eq!(status, 401);
 
+    // The dashboard, with the printed login.
+    assert!(text.contains(&format!("dashboard: http://{addr}/")), "{text}");
+    let (user, password) = login.expect("a dashboard login line");
+    let page = raw(addr, "GET / HTTP/1.1", &[], "").await;
+    assert!(page.starts_with("HTTP/1.1 200") && page.contains("/assets/app.js"), "{page}");
+    let body = serde_json::json!({ "username": user, "password": password }).to_string();
+    let answer = raw(addr, "POST /api/session HTTP/1.1", &["Content-Type: application/json"], &body).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let cookie = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let me = raw(addr, "GET /api/session HTTP/1.1", &[&format!("Cookie: {cookie}")], "").await;
+    assert!(me.contains("\"name\":\"admin\"") && me.contains("\"role\":\"admin\""), "{me}");
+
     // SIGTERM: the demo stops everything and exits cleanly.
     let pid = child.id().expect("running").to_string();
     let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().is_ok_and(|s| s.success());
@@ -114,4 +133,22 @@ async fn get(addr: std::net::SocketAddr, path: &str, token: &str) -> (u16, serde
     let (head, body) = answer.split_once("\r\n\r\n").expect("a header");
     let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
     (status, serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.to_owned())))
+}
+
+/// A plain HTTP/1.1 request: the whole answer as text.
+async fn raw(addr: std::net::SocketAddr, request_line: &str, headers: &[&str], body: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut request = format!("{request_line}\r\nHost: {addr}\r\nConnection: close\r\n");
+    for h in headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+        .await
+        .expect("answer within 30 s")
+        .expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
 }

@@ -21,6 +21,8 @@ const METHODS: [Method; 7] =
 
 /// Routes reachable without a token.
 const PUBLIC: [&str; 3] = ["/healthz", "/readyz", "/openapi.json"];
+/// The dashboard's page and files: served by the router, deliberately not API operations.
+const DASHBOARD: [&str; 4] = ["/", "/assets/app.js", "/assets/app.css", "/assets/icon.svg"];
 
 fn document() -> Value {
     serde_json::to_value(openapi::document()).expect("the document serializes")
@@ -90,7 +92,10 @@ async fn every_route_of_the_router_is_documented_with_its_methods() {
     let doc = document();
     let documented = documented(&doc);
 
-    let routed = router_paths(&router);
+    let mut routed = router_paths(&router);
+    for page in DASHBOARD {
+        assert!(routed.remove(page), "the router serves {page}");
+    }
     let in_doc: BTreeSet<String> = documented.keys().cloned().collect();
     assert_eq!(routed, in_doc, "the router's paths and the document's paths differ");
 
@@ -132,16 +137,23 @@ fn security_schemes_are_declared_and_used() {
         assert_eq!(schemes[name]["type"], "http", "{name}: {schemes}");
         assert_eq!(schemes[name]["scheme"], "bearer", "{name}: {schemes}");
     }
+    assert_eq!(schemes[openapi::SESSION]["type"], "apiKey", "{schemes}");
+    assert_eq!(schemes[openapi::SESSION]["in"], "cookie", "{schemes}");
+    assert_eq!(schemes[openapi::SESSION]["name"], "essl_session", "{schemes}");
     assert!(doc.get("security").is_none(), "no global security: each operation says its own");
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for (method, op) in item.as_object().expect("path item") {
-            let wanted: Option<&str> = if PUBLIC.contains(&path.as_str()) {
-                None
-            } else if path == "/agent/ws" {
-                Some(openapi::AGENT_TOKEN)
-            } else {
-                Some(openapi::BEARER)
-            };
+            // Logging in and asking who is logged in need nothing; logging out is the session's own business.
+            let wanted: Option<&[&str]> =
+                if PUBLIC.contains(&path.as_str()) || (path == "/api/session" && method != "delete") {
+                    None
+                } else if path == "/agent/ws" {
+                    Some(&[openapi::AGENT_TOKEN])
+                } else if path == "/api/session" {
+                    Some(&[openapi::SESSION])
+                } else {
+                    Some(&[openapi::BEARER, openapi::SESSION])
+                };
             let got: Vec<String> = op["security"]
                 .as_array()
                 .map(|reqs| {
@@ -150,10 +162,10 @@ fn security_schemes_are_declared_and_used() {
                 .unwrap_or_default();
             match wanted {
                 None => assert!(got.is_empty(), "{method} {path} is public but has security {got:?}"),
-                Some(w) => assert_eq!(got, [w], "{method} {path}"),
+                Some(w) => assert_eq!(got, w, "{method} {path}"),
             }
             let responses = op["responses"].as_object().expect("responses");
-            if wanted.is_some() {
+            if wanted.is_some() && path != "/api/session" {
                 assert!(responses.contains_key("401"), "{method} {path} needs a token but documents no 401");
             }
         }

@@ -858,6 +858,54 @@ async fn concurrent_inserts(stores: Vec<Store>, device_id: Uuid) -> i64 {
     union.len() as i64
 }
 
+async fn dashboard_users_and_sessions(store: Store) {
+    let u = store.create_user("Ann.Lee@HQ", Role::Admin, "pbkdf2-sha256$1000$AAAA$BBBB").await.expect("user");
+    assert_eq!(u.username, "ann.lee@hq", "stored lowercase");
+    assert!(matches!(store.create_user("ANN.LEE@hq", Role::Staff, "x").await, Err(StoreError::Conflict(_))));
+    for bad in ["", "has space", "semi;colon", NASTY[0], &"x".repeat(65)] {
+        assert!(matches!(store.create_user(bad, Role::Staff, "x").await, Err(StoreError::Invalid(_))), "{bad:?}");
+    }
+    let (found, hash) = store.user_login("ann.LEE@hq").await.expect("read").expect("found");
+    assert_eq!((found.id, hash.as_str()), (u.id, "pbkdf2-sha256$1000$AAAA$BBBB"));
+    assert!(store.user_login("nobody").await.expect("read").is_none());
+    assert!(store.user_login(NASTY[1]).await.expect("a bad name is just not found").is_none());
+
+    let new = |secs: i64| NewSession {
+        id: Uuid::new_v4(),
+        user_id: u.id,
+        secret_hash: hash_of(7),
+        csrf_token: "csrf".into(),
+        expires_at: Timestamp::now() + SignedDuration::from_secs(secs),
+    };
+    let live = new(3600);
+    let expired = new(-1);
+    store.create_session(&live).await.expect("session");
+    store.create_session(&expired).await.expect("session");
+    let s = store.live_session(live.id).await.expect("read").expect("live");
+    assert_eq!((s.user.id, s.csrf_token.as_str(), s.secret_hash.clone()), (u.id, "csrf", hash_of(7)));
+    assert!(store.live_session(expired.id).await.expect("read").is_none(), "expired sessions are not live");
+    assert_eq!(store.delete_expired_sessions().await.expect("sweep"), 1);
+    assert!(matches!(
+        store.create_session(&NewSession { user_id: Uuid::new_v4(), ..new(60) }).await,
+        Err(StoreError::Invalid(_) | StoreError::NotFound | StoreError::Db(_))
+    ));
+
+    // A new password ends every session of that user.
+    store.set_password("ANN.LEE@HQ", "pbkdf2-sha256$1000$CCCC$DDDD").await.expect("password");
+    assert!(store.live_session(live.id).await.expect("read").is_none());
+    assert!(matches!(store.set_password("nobody", "x").await, Err(StoreError::NotFound)));
+    let other = new(60);
+    store.create_session(&other).await.expect("session");
+    store.delete_session(other.id).await.expect("logout");
+    store.delete_session(other.id).await.expect("logout twice is fine");
+    assert!(store.live_session(other.id).await.expect("read").is_none());
+    assert_eq!(store.list_users().await.expect("list").len(), 1);
+}
+
+fn hash_of(b: u8) -> Vec<u8> {
+    vec![b; 32]
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite_file {
@@ -892,6 +940,7 @@ macro_rules! conformance {
 
 conformance!(
     ping_and_backend,
+    dashboard_users_and_sessions,
     sites,
     devices,
     agents,

@@ -721,7 +721,7 @@ async fn supabase_users_through_the_router() {
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     assert_eq!(
         body,
-        json!({"success": false, "error": {"code": "unauthorized", "message": "a valid bearer token is required"}})
+        json!({"success": false, "error": {"code": "unauthorized", "message": "log in, or send a valid bearer token"}})
     );
     let none = jwt(&json!({"alg": "none"}), &admin_claims, |_| Vec::new());
     assert_eq!(call(server.addr, "GET", "/api/devices", &none, None).await.0, StatusCode::UNAUTHORIZED);

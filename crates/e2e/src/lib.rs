@@ -1,6 +1,7 @@
 //! The test harness: a real `essl-server` (in-process, on port 0, with a real database), real agents (the agent's
 //! relay loop, in-process, over a real WebSocket) and simulated terminals. Nothing here is a mock.
 
+pub mod browser;
 pub mod db;
 
 use std::net::SocketAddr;
@@ -56,7 +57,9 @@ impl Server {
         let store = Store::connect(&db.url).await.expect("database opens and migrates");
         let admin = api_token(&store, "admin", Role::Admin).await;
         let staff = api_token(&store, "staff", Role::Staff).await;
-        let state = AppState::new(store, ServerConfig { hub, grace: Duration::from_secs(5) });
+        dashboard_users(&store).await;
+        let state =
+            AppState::new(store, ServerConfig { hub, grace: Duration::from_secs(5), ..ServerConfig::default() });
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();
@@ -72,7 +75,8 @@ impl Server {
         let store = Store::connect(&db.url).await.expect("database opens and migrates");
         let admin = api_token(&store, "admin", Role::Admin).await;
         let staff = api_token(&store, "staff", Role::Staff).await;
-        let state = AppState::new(store, ServerConfig { hub: test_hub(), grace: Duration::from_secs(5) });
+        dashboard_users(&store).await;
+        let state = AppState::new(store, ServerConfig { hub: test_hub(), grace: Duration::from_secs(5), tls: true });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();
@@ -183,6 +187,23 @@ pub fn init_tracing() {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
+    }
+}
+
+/// The dashboard logins every test server has: `admin` and `staff`, both with [`PASSWORD`].
+pub const ADMIN_USER: &str = "admin";
+pub const STAFF_USER: &str = "staff";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+async fn dashboard_users(store: &Store) {
+    // A low PBKDF2 cost: tests log in often; the cost travels with the hash, so the check is the real one.
+    let secret = token::Secret::new(PASSWORD);
+    let hash = essl_server::auth::password::hash_with(&secret, 1_000).expect("hash");
+    for (name, role) in [(ADMIN_USER, Role::Admin), (STAFF_USER, Role::Staff)] {
+        // A restarted server finds them already there.
+        if store.user_login(name).await.expect("users readable").is_none() {
+            store.create_user(name, role, &hash).await.expect("user stored");
+        }
     }
 }
 

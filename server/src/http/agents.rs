@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Admin, ApiJson, bearer};
+use super::extract::{Admin, ApiJson, Caller, bearer};
 use super::validate;
 use super::{List, openapi};
 use crate::app::AppState;
@@ -115,7 +115,7 @@ async fn agent_view(state: &AppState, a: &Agent) -> Result<AgentView, ApiError> 
     path = "/api/agents",
     operation_id = "createAgent",
     tag = "agents",
-    security(("bearer" = [])),
+    security(("bearer" = []), ("session" = [])),
     request_body = CreateAgent,
     responses(
         (status = 201, description = "Created (admin role); the token is in this answer and nowhere else, ever",
@@ -144,22 +144,22 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(CreatedAgent { agent: agent_view(&state, &agent).await?, token })))
 }
 
-/// Lists the agents, connected or not (`GET /api/agents`, admin).
+/// Lists the agents, connected or not (`GET /api/agents`; staff may read it: the dashboard shows every user
+/// which offices are online).
 #[utoipa::path(
     get,
     path = "/api/agents",
     operation_id = "listAgents",
     tag = "agents",
-    security(("bearer" = [])),
+    security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "Every agent, connected or not, revoked or not, in one page (`nextCursor` is \
-            `null`); admin role", body = List<AgentView>),
+            `null`)", body = List<AgentView>),
         (status = 401, description = openapi::UNAUTHORIZED, body = ErrorBody),
-        (status = 403, description = openapi::FORBIDDEN, body = ErrorBody),
         (status = 503, description = openapi::UNAVAILABLE, body = ErrorBody),
     )
 )]
-pub async fn list(State(state): State<AppState>, _admin: Admin) -> Result<Json<List<AgentView>>, ApiError> {
+pub async fn list(State(state): State<AppState>, _caller: Caller) -> Result<Json<List<AgentView>>, ApiError> {
     let agents = state.store.list_agents().await?;
     let mut items = Vec::with_capacity(agents.len());
     for a in &agents {
@@ -174,7 +174,7 @@ pub async fn list(State(state): State<AppState>, _admin: Admin) -> Result<Json<L
     path = "/api/agents/{id}",
     operation_id = "revokeAgent",
     tag = "agents",
-    security(("bearer" = [])),
+    security(("bearer" = []), ("session" = [])),
     params(("id" = Uuid, Path, description = "Agent id")),
     responses(
         (status = 204, description = "Revoked, and its connection closed (admin role)"),

@@ -126,7 +126,7 @@ fn csv_field(s: &str) -> String {
     path = "/api/attendance",
     operation_id = "listAttendance",
     tag = "attendance",
-    security(("bearer" = [])),
+    security(("bearer" = []), ("session" = [])),
     params(AttendanceQuery),
     responses(
         (status = 200, description = "Punches, newest first (any role). JSON: one page, `nextCursor` `null` on the \

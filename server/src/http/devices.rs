@@ -184,7 +184,7 @@ async fn site_id(state: &AppState, site: Option<&str>) -> Result<Option<Uuid>, A
     path = "/api/devices",
     operation_id = "createDevice",
     tag = "devices",
-    security(("bearer" = [])),
+    security(("bearer" = []), ("session" = [])),
     request_body = CreateDevice,
     responses(
         (status = 201, description = "Created (admin role)", body = DeviceView),
@@ -242,7 +242,7 @@ fn essl_wire_port() -> u16 {
     path = "/api/devices",
     operation_id = "listDevices",
     tag = "devices",
-    security(("bearer" = [])),
+    security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "Every device, active or not, in one page (`nextCursor` is `null`); any role",
             body = List<DeviceView>),
@@ -265,7 +265,7 @@ pub async fn list(State(state): State<AppState>, _caller: Caller) -> Result<Json
     path = "/api/devices/{id}",
     operation_id = "getDevice",
     tag = "devices",
-    security(("bearer" = [])),
+    security(("bearer" = []), ("session" = [])),
     params(("id" = Uuid, Path, description = "Device id")),
     responses(
         (status = 200, description = "The device (any role)", body = DeviceView),
@@ -291,7 +291,7 @@ pub async fn get(
     path = "/api/devices/{id}",
     operation_id = "updateDevice",
     tag = "devices",
-    security(("bearer" = [])),
+    security(("bearer" = []), ("session" = [])),
     params(("id" = Uuid, Path, description = "Device id")),
     request_body = UpdateDevice,
     responses(
@@ -360,7 +360,7 @@ pub async fn update(
     path = "/api/devices/{id}",
     operation_id = "deleteDevice",
     tag = "devices",
-    security(("bearer" = [])),
+    security(("bearer" = []), ("session" = [])),
     params(("id" = Uuid, Path, description = "Device id")),
     responses(
         (status = 204, description = "Deleted, with its attendance and sync history (admin role)"),

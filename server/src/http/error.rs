@@ -45,7 +45,7 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
     pub fn unauthorized() -> ApiError {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required")
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "log in, or send a valid bearer token")
     }
     pub fn forbidden() -> ApiError {
         Self::new(StatusCode::FORBIDDEN, "forbidden", "this needs the admin role")

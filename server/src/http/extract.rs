@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use crate::app::AppState;
+use crate::auth::session;
 use crate::store::model::Role;
 
 /// `Json<T>` whose rejections are `ApiError`s (400 malformed, 413 too large, 415 wrong type, 422 wrong shape).
@@ -74,7 +75,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// Who is calling: an API token or a Supabase user.
+/// Who is calling: an API token, a Supabase user or a dashboard user.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Caller {
     pub id: Uuid,
@@ -85,9 +86,21 @@ pub struct Caller {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
+    /// A bearer token (scripts, the seed's front-end) or the dashboard's session cookie; with the cookie, a
+    /// state-changing request must also pass the CSRF check.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
-        state.auth.caller(&token).await
+        if let Some(token) = bearer(parts) {
+            return state.auth.caller(&token).await;
+        }
+        let cookie = session::cookie(&parts.headers).ok_or_else(ApiError::unauthorized)?;
+        let found = state.auth.session(&cookie).await?.ok_or_else(ApiError::unauthorized)?;
+        if !parts.method.is_safe() {
+            session::check_csrf(&parts.headers, &found.csrf_token).map_err(|e| {
+                tracing::info!(reason = %e, user = %found.user.username, "cross-site request refused");
+                ApiError::new(axum::http::StatusCode::FORBIDDEN, "csrf", e.to_string())
+            })?;
+        }
+        Ok(Caller { id: found.user.id, name: found.user.username, role: found.user.role })
     }
 }
 

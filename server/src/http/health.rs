@@ -72,7 +72,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     path = "/metrics",
     operation_id = "metrics",
     tag = "health",
-    security(("bearer" = [])),
+    security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "Prometheus metrics (OpenMetrics text format); any role",
             content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String),

@@ -5,12 +5,16 @@
 
 pub mod agents;
 pub mod attendance;
+pub mod dashboard;
 pub mod devices;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod health;
+pub mod history;
 pub mod openapi;
 pub mod seed;
+pub mod session;
 pub mod validate;
 
 use axum::Router;
@@ -51,12 +55,16 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::create, agents::list))
         .routes(routes!(agents::revoke))
         .routes(routes!(attendance::list))
+        .routes(routes!(history::list))
+        .routes(routes!(session::current, session::login, session::logout))
+        .routes(routes!(events::events))
 }
 
-/// The server's router: [`routes`], our 404 for anything else, the body limit.
+/// The server's router: [`routes`], the dashboard's files, our 404 for anything else, the body limit.
 pub fn router(state: AppState) -> Router {
     let (router, _document) = routes().split_for_parts();
     router
+        .merge(dashboard::routes())
         .fallback(|| async { error::ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             error::ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed")

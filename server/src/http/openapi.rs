@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use axum::body::Bytes;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Object, ObjectBuilder, Type};
 use utoipa::{Modify, OpenApi};
 
@@ -22,8 +22,10 @@ use crate::store::model::DeviceKind;
         title = "essl-relay",
         description = "Attendance terminals reached through agents on their LAN. JSON keys are camelCase; ids are \
             UUIDs; instants are RFC 3339. Errors are `{\"success\": false, \"error\": {\"code\", \"message\"}}` with \
-            the status that fits. Every route needs a bearer token except `/healthz`, `/readyz` and `/openapi.json`; \
-            the `staff` role may check, sync and read, `admin` also manages devices and agents."
+            the status that fits. Every route needs a bearer token or the dashboard's session cookie except `/healthz`, \
+            `/readyz`, `/openapi.json` and the login itself; with the cookie, state-changing requests also need the \
+            session's `X-CSRF-Token` header. The `staff` role may check, sync and read, `admin` also manages \
+            devices and agents. The dashboard (`/`, `/assets/...`) is not part of this document."
     ),
     modifiers(&SecuritySchemes),
     tags(
@@ -32,13 +34,15 @@ use crate::store::model::DeviceKind;
         (name = "agents", description = "Agents on the sites' LANs, and their WebSocket"),
         (name = "attendance", description = "Stored punches"),
         (name = "health", description = "Liveness, readiness, metrics"),
+        (name = "session", description = "Dashboard logins (cookie sessions) and the live event stream"),
         (name = "docs", description = "This document"),
     )
 )]
 pub struct ApiDoc;
 
 // Descriptions of the error answers many routes share.
-pub const UNAUTHORIZED: &str = "No bearer token, or not a valid one";
+pub const UNAUTHORIZED: &str = "No bearer token or session, or not a valid one";
+pub const CSRF: &str = "Session cookie without the right `X-CSRF-Token` header, or from another site";
 pub const FORBIDDEN: &str = "The caller has not the admin role";
 pub const UNAVAILABLE: &str = "The database, or Supabase's signing keys, cannot be reached; try again";
 pub const MALFORMED_JSON: &str = "Malformed JSON";
@@ -47,6 +51,8 @@ pub const NOT_JSON: &str = "Not `Content-Type: application/json`";
 
 /// Name of the security scheme of the HTTP API (API tokens, Supabase JWTs).
 pub const BEARER: &str = "bearer";
+/// Name of the security scheme of the dashboard's session cookie.
+pub const SESSION: &str = "session";
 /// Name of the security scheme of `/agent/ws` (agent tokens).
 pub const AGENT_TOKEN: &str = "agentToken";
 
@@ -68,6 +74,14 @@ impl Modify for SecuritySchemes {
                     ))
                     .build(),
             ),
+        );
+        components.add_security_scheme(
+            SESSION,
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                crate::auth::session::COOKIE,
+                "The dashboard's session, from `POST /api/session`. State-changing requests made with it also need \
+                 the session's CSRF token (from `GET /api/session`) in `X-CSRF-Token`.",
+            ))),
         );
         components.add_security_scheme(
             AGENT_TOKEN,

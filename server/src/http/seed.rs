@@ -201,7 +201,7 @@ fn not_found_device(e: StoreError) -> ApiError {
     path = "/api/essl/check-device",
     operation_id = "checkDevice",
     tag = "seed",
-    security(("bearer" = [])),
+    security(("bearer" = []), ("session" = [])),
     request_body(content = Option<DeviceSelector>, description = "Optional: one device, or none for every active \
         pulled device. Any content type; an empty body is allowed."),
     responses(
@@ -237,7 +237,7 @@ pub async fn check_device(
     path = "/api/essl/sync-attendance",
     operation_id = "syncAttendance",
     tag = "seed",
-    security(("bearer" = [])),
+    security(("bearer" = []), ("session" = [])),
     request_body(content = Option<DeviceSelector>, description = "Optional: one device, or none for every active \
         pulled device. Any content type; an empty body is allowed."),
     responses(
@@ -361,7 +361,7 @@ pub async fn sync_attendance(
     path = "/api/essl/sync-status",
     operation_id = "syncStatus",
     tag = "seed",
-    security(("bearer" = [])),
+    security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "The latest sync of every device (any role)", body = SyncStatusResponse),
         (status = 401, description = openapi::UNAUTHORIZED, body = ErrorBody),

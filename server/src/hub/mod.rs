@@ -113,6 +113,14 @@ pub enum HubEvent {
         records: u64,
         inserted: u64,
     },
+    /// A sync attempt (a staff request) ended and is recorded.
+    SyncFinished {
+        device_id: Uuid,
+        sync_id: Uuid,
+        success: bool,
+        /// Rows it stored.
+        records_synced: u64,
+    },
 }
 
 /// What goes to a connection's writer.

@@ -3,6 +3,7 @@
 
 use jiff::{Timestamp, civil};
 use sqlx::error::DatabaseError;
+use uuid::Uuid;
 
 use super::model::{Device, DevicePatch, DeviceUserRow, ErrorKind, NewDevice, NewPunch, SyncStatus};
 
@@ -146,6 +147,8 @@ pub(crate) struct Finish<'a> {
     pub error_message: Option<&'a str>,
     pub error_kind: Option<ErrorKind>,
     pub duration_ms: Option<i32>,
+    /// Kept as it was when `None`.
+    pub agent_id: Option<Uuid>,
 }
 
 /// Conflicts of a device write are about its serial number; foreign keys about its site.
@@ -228,6 +231,17 @@ where
     T::Err: std::fmt::Display,
 {
     s.parse().map_err(|e: T::Err| decode(e.to_string()))
+}
+
+/// A dashboard user name: 1 to 64 characters of letters, digits and `._@-`, lowercased.
+pub(crate) fn username(name: &str) -> Result<String, StoreError> {
+    let name = name.trim();
+    let ok = (1..=64).contains(&name.chars().count())
+        && name.chars().all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'));
+    if !ok {
+        return Err(StoreError::Invalid("a user name is 1 to 64 letters, digits or the characters . _ @ -".to_owned()));
+    }
+    Ok(name.to_lowercase())
 }
 
 #[cfg(test)]

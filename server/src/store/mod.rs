@@ -301,6 +301,57 @@ impl Store {
         dispatch!(self.list_device_users(device_id))
     }
 
+    // ---- dashboard users and sessions
+
+    /// Adds a dashboard user; the name is lowercased. [`StoreError::Conflict`] if it is taken.
+    #[tracing::instrument(skip_all, fields(username = %username, role = %role))]
+    pub async fn create_user(&self, username: &str, role: Role, password_hash: &str) -> Result<User, StoreError> {
+        let username = check::username(username)?;
+        check::text("password hash", password_hash)?;
+        dispatch!(self.create_user(Uuid::new_v4(), &username, role, password_hash))
+    }
+
+    /// A user and their password hash, by name (any case).
+    #[tracing::instrument(skip_all)]
+    pub async fn user_login(&self, username: &str) -> Result<Option<(User, String)>, StoreError> {
+        let Ok(username) = check::username(username) else { return Ok(None) };
+        dispatch!(self.user_login(&username))
+    }
+
+    /// Every dashboard user, by name.
+    pub async fn list_users(&self) -> Result<Vec<User>, StoreError> {
+        dispatch!(self.list_users())
+    }
+
+    /// Replaces a user's password and ends their sessions. [`StoreError::NotFound`] for an unknown name.
+    #[tracing::instrument(skip_all, fields(username = %username))]
+    pub async fn set_password(&self, username: &str, password_hash: &str) -> Result<User, StoreError> {
+        let username = check::username(username)?;
+        check::text("password hash", password_hash)?;
+        dispatch!(self.set_password(&username, password_hash))
+    }
+
+    /// Stores a new session.
+    #[tracing::instrument(skip_all, fields(user_id = %new.user_id))]
+    pub async fn create_session(&self, new: &NewSession) -> Result<(), StoreError> {
+        dispatch!(self.create_session(new))
+    }
+
+    /// A session that has not expired, with its user (disabled users have none).
+    pub async fn live_session(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
+        dispatch!(self.live_session(id))
+    }
+
+    /// Ends a session (logout); unknown ids are fine.
+    pub async fn delete_session(&self, id: Uuid) -> Result<(), StoreError> {
+        dispatch!(self.delete_session(id))
+    }
+
+    /// Forgets expired sessions; answers how many.
+    pub async fn delete_expired_sessions(&self) -> Result<u64, StoreError> {
+        dispatch!(self.delete_expired_sessions())
+    }
+
     // ---- sync attempts and log
 
     /// Records an attempt (often `InProgress`, finished later with [`Store::finish_sync`]).
@@ -327,7 +378,32 @@ impl Store {
     ) -> Result<SyncAttempt, StoreError> {
         let error_message = error_message.as_deref();
         check::opt_text("error message", error_message)?;
-        let fin = check::Finish { status, records_synced, records_total, error_message, error_kind, duration_ms };
+        let fin = check::Finish {
+            status,
+            records_synced,
+            records_total,
+            error_message,
+            error_kind,
+            duration_ms,
+            agent_id: None,
+        };
+        dispatch!(self.finish_sync(id, &fin))
+    }
+
+    /// [`Store::finish_sync`], also naming the agent that served the attempt.
+    #[tracing::instrument(skip_all, fields(sync_id = %id, agent_id = %agent_id))]
+    pub async fn finish_sync_by(&self, id: Uuid, agent_id: Uuid, outcome: SyncEnd) -> Result<SyncAttempt, StoreError> {
+        let error_message = outcome.error_message.as_deref();
+        check::opt_text("error message", error_message)?;
+        let fin = check::Finish {
+            status: outcome.status,
+            records_synced: outcome.records_synced,
+            records_total: outcome.records_total,
+            error_message,
+            error_kind: outcome.error_kind,
+            duration_ms: outcome.duration_ms,
+            agent_id: Some(agent_id),
+        };
         dispatch!(self.finish_sync(id, &fin))
     }
 

@@ -121,6 +121,49 @@ pub struct ApiToken {
     pub revoked_at: Option<Timestamp>,
 }
 
+/// A person who logs in to the dashboard (`essl_users`); the user name is stored lowercase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: Uuid,
+    pub username: String,
+    pub role: Role,
+    pub created_at: Timestamp,
+    pub disabled_at: Option<Timestamp>,
+}
+
+/// A dashboard session (`essl_sessions`), with its user. The cookie holds the id and a secret; only the secret's
+/// SHA-256 is stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: Uuid,
+    pub user: User,
+    pub secret_hash: Vec<u8>,
+    /// Sent back by the page in `X-CSRF-Token` with every state-changing request.
+    pub csrf_token: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("user", &self.user.username)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A session to store.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewSession {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub secret_hash: Vec<u8>,
+    pub csrf_token: String,
+    pub expires_at: Timestamp,
+}
+
 /// One punch as read from a terminal. `local_time` is the terminal's wall clock (whole seconds, year 1..=9999);
 /// `punched_at` the instant it denotes in the device's time zone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,6 +264,17 @@ pub struct SyncAttempt {
     pub synced_by_user_id: Option<Uuid>,
     pub sync_duration_ms: Option<i32>,
     pub agent_id: Option<Uuid>,
+}
+
+/// How a sync attempt ended, for [`crate::store::Store::finish_sync_by`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncEnd {
+    pub status: SyncStatus,
+    pub records_synced: i32,
+    pub records_total: Option<i32>,
+    pub error_message: Option<String>,
+    pub error_kind: Option<ErrorKind>,
+    pub duration_ms: Option<i32>,
 }
 
 /// A sync attempt to record; the store picks the id.

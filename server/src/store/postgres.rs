@@ -98,6 +98,7 @@ impl PgStore {
 }
 
 mod admin;
+mod logins;
 mod records;
 
 // ---- rows

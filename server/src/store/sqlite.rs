@@ -125,6 +125,7 @@ impl SqliteStore {
 }
 
 mod admin;
+mod logins;
 mod records;
 
 // ---- rows

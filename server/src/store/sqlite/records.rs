@@ -218,7 +218,7 @@ impl SqliteStore {
         let mut tx = self.write_tx().await?;
         let row = sqlx::query(concat!(
             "UPDATE essl_sync_status SET sync_status = $2, records_synced = $3, records_total = $4, \
-             error_message = $5, error_kind = $6, sync_duration_ms = $7 \
+             error_message = $5, error_kind = $6, sync_duration_ms = $7, agent_id = COALESCE($8, agent_id) \
              WHERE id = $1 AND sync_status = 'in_progress' RETURNING ",
             sync_cols!()
         ))
@@ -229,6 +229,7 @@ impl SqliteStore {
         .bind(f.error_message)
         .bind(f.error_kind.map(ErrorKind::as_str))
         .bind(f.duration_ms)
+        .bind(f.agent_id.map(Uuid::hyphenated))
         .fetch_optional(&mut *tx)
         .await?;
         let attempt = match row {
