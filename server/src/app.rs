@@ -35,11 +35,18 @@ pub struct ServerConfig {
     /// Served over TLS: session cookies get the `Secure` flag (behind a TLS proxy, `X-Forwarded-Proto: https`
     /// does the same per request).
     pub tls: bool,
+    /// How often a live event stream (`/api/events`) checks that its session or token still holds.
+    pub events_recheck: Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { hub: HubConfig::default(), grace: Duration::from_secs(20), tls: false }
+        ServerConfig {
+            hub: HubConfig::default(),
+            grace: Duration::from_secs(20),
+            tls: false,
+            events_recheck: Duration::from_secs(60),
+        }
     }
 }
 

@@ -31,6 +31,11 @@ pub fn test_hub() -> HubConfig {
     }
 }
 
+/// Server settings for tests: live event streams re-check their credentials often, so tests of it are quick.
+fn test_config() -> ServerConfig {
+    ServerConfig { events_recheck: Duration::from_millis(300), ..ServerConfig::default() }
+}
+
 /// A running server.
 pub struct Server {
     pub addr: SocketAddr,
@@ -58,8 +63,7 @@ impl Server {
         let admin = api_token(&store, "admin", Role::Admin).await;
         let staff = api_token(&store, "staff", Role::Staff).await;
         dashboard_users(&store).await;
-        let state =
-            AppState::new(store, ServerConfig { hub, grace: Duration::from_secs(5), ..ServerConfig::default() });
+        let state = AppState::new(store, ServerConfig { hub, grace: Duration::from_secs(5), ..test_config() });
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();
@@ -76,7 +80,10 @@ impl Server {
         let admin = api_token(&store, "admin", Role::Admin).await;
         let staff = api_token(&store, "staff", Role::Staff).await;
         dashboard_users(&store).await;
-        let state = AppState::new(store, ServerConfig { hub: test_hub(), grace: Duration::from_secs(5), tls: true });
+        let state = AppState::new(
+            store,
+            ServerConfig { hub: test_hub(), grace: Duration::from_secs(5), tls: true, ..test_config() },
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();

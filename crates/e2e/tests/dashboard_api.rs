@@ -315,6 +315,14 @@ async fn events_stream_agents_syncs_and_punches(db: TestDb) {
     agent.kill();
     let data = stream.until("agent.disconnected").await;
     assert_eq!(data["agentId"], agent_id.as_str());
+
+    // Logging out ends the stream (within the server's re-check period).
+    let me = c.send(reqwest::Method::GET, "/api/session", &[("cookie", &cookie)], None).await;
+    let csrf = me.body["csrfToken"].as_str().expect("csrf").to_owned();
+    let a =
+        c.send(reqwest::Method::DELETE, "/api/session", &[("cookie", &cookie), ("x-csrf-token", &csrf)], None).await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    stream.ends().await;
     sim.stop().await;
     server.stop().await;
 }
@@ -351,6 +359,18 @@ struct SseReader {
 }
 
 impl SseReader {
+    /// Reads until the server closes the stream; panics after 10 s.
+    async fn ends(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, self.resp.chunk()).await {
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None) | Err(_)) => return,
+                Err(_) => panic!("the stream is still open 10 s after the logout"),
+            }
+        }
+    }
+
     /// The data of the next event named `name` (others are skipped); panics after 20 s.
     async fn until(&mut self, name: &str) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

@@ -4,6 +4,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde_json::json;
@@ -13,6 +14,7 @@ use super::error::ErrorBody;
 use super::extract::Caller;
 use super::openapi;
 use crate::app::AppState;
+use crate::auth::session;
 use crate::hub::HubEvent;
 
 /// How often an idle stream carries a comment, so proxies do not time it out.
@@ -22,8 +24,8 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// `agent.connected` / `agent.disconnected` `{agentId}`; `device.reachability` `{deviceId, agentId, reachable}`;
 /// `sync.progress` `{deviceId, done, total}`; `sync.finished` `{deviceId, syncId, status, recordsSynced}`;
 /// `punches.stored` `{deviceId, inserted}`; `resync` `{missed}` when this client fell behind and should reload
-/// what it shows. A `: keep-alive` comment comes every 15 s. The stream ends when the server shuts down;
-/// browsers' `EventSource` reconnects by itself.
+/// what it shows. A `: keep-alive` comment comes every 15 s. The stream ends when the server shuts down, and within
+/// a minute of its session or token ending; browsers' `EventSource` reconnects by itself.
 #[utoipa::path(
     get,
     path = "/api/events",
@@ -39,13 +41,24 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub async fn events(
     State(state): State<AppState>,
     _caller: Caller,
+    headers: HeaderMap,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let receiver = state.hub.subscribe();
-    let shutdown = state.shutdown.clone();
-    let stream = futures_util::stream::unfold((receiver, shutdown), |(mut receiver, shutdown)| async move {
+    // A logout, an expired session or a revoked token ends the stream within one period.
+    let every = state.config.events_recheck;
+    let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stream = futures_util::stream::unfold((receiver, state, headers, recheck), |s| async move {
+        let (mut receiver, state, headers, mut recheck) = s;
         loop {
             let received = tokio::select! {
-                () = shutdown.cancelled() => return None,
+                () = state.shutdown.cancelled() => return None,
+                _ = recheck.tick() => {
+                    if still_authorized(&state, &headers).await {
+                        continue;
+                    }
+                    return None;
+                }
                 r = receiver.recv() => r,
             };
             let event = match received {
@@ -54,11 +67,27 @@ pub async fn events(
                 Err(RecvError::Closed) => return None,
             };
             if let Some(event) = event {
-                return Some((Ok(event), (receiver, shutdown)));
+                return Some((Ok(event), (receiver, state, headers, recheck)));
             }
         }
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
+}
+
+/// Whether the stream's bearer token or session cookie is still good (a database hiccup keeps the stream).
+async fn still_authorized(state: &AppState, headers: &HeaderMap) -> bool {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().to_owned());
+    let verdict = match (bearer, session::cookie(headers)) {
+        (Some(token), _) => state.auth.caller(&token).await.map(|_| true),
+        (None, Some(cookie)) => state.auth.session(&cookie).await.map(|s| s.is_some()),
+        (None, None) => Ok(false),
+    };
+    verdict.unwrap_or_else(|e| e.status != axum::http::StatusCode::UNAUTHORIZED)
 }
 
 fn named(name: &str, data: serde_json::Value) -> Event {
