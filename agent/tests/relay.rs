@@ -453,6 +453,7 @@ async fn sync_sends_acknowledged_batches_then_synced() {
             local_time: p.timestamp.clone(),
             status: p.status,
             punch: p.punch,
+            raw_time: None,
         })
         .collect();
     assert_eq!(got.len(), want.len());
@@ -470,9 +471,10 @@ async fn sync_sends_acknowledged_batches_then_synced() {
         .map(|r| Punch {
             uid: r.uid,
             user_id: r.user_id,
-            local_time: r.timestamp.strftime("%Y-%m-%dT%H:%M:%S").to_string(),
+            local_time: r.timestamp.to_string(),
             status: r.status,
             punch: r.punch,
+            raw_time: None,
         })
         .collect();
     peer.send(&ServerMsg::Request { id: 9, device: "door".into(), op: Op::SyncAttendance }).await;

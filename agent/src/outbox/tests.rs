@@ -36,6 +36,7 @@ fn punch(i: usize) -> Punch {
         local_time: format!("2025-11-{:02}T{:02}:{:02}:{:02}", 1 + i / 86_400 % 28, i / 3600 % 24, i / 60 % 60, i % 60),
         status: 1,
         punch: (i % 2) as u8,
+        raw_time: None,
     }
 }
 

@@ -13,9 +13,11 @@
 pub mod close;
 mod codec;
 mod messages;
+mod time;
 
 pub use codec::{WireError, decode_agent, decode_server, encode_agent, encode_server};
 pub use messages::*;
+pub use time::{invalid_time_placeholder, raw_of_placeholder};
 
 /// The protocol version this build speaks best.
 pub const PROTOCOL_VERSION: u16 = 1;

@@ -123,10 +123,16 @@ pub enum ErrorKind {
 pub struct Punch {
     pub uid: u16,
     pub user_id: String,
-    /// Terminal wall-clock time, `YYYY-MM-DDTHH:MM:SS`.
+    /// Terminal wall-clock time, `YYYY-MM-DDTHH:MM:SS`; for a record whose time field is no date, the placeholder
+    /// [`crate::invalid_time_placeholder`] of `raw_time`.
     pub local_time: String,
     pub status: u8,
     pub punch: u8,
+    /// Set only when the terminal's time field is no date (a corrupt record): the packed u32 as stored. Such a
+    /// punch is sent, never dropped; `local_time` then holds the placeholder, so a server that does not know this
+    /// field still stores it once (as a time before 2000, which no terminal can hold). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_time: Option<u32>,
 }
 
 /// One enrolled user.

@@ -8,8 +8,16 @@ fn text() -> impl Strategy<Value = String> {
 }
 
 fn punch() -> impl Strategy<Value = Punch> {
-    (any::<u16>(), text(), text(), any::<u8>(), any::<u8>())
-        .prop_map(|(uid, user_id, local_time, status, punch)| Punch { uid, user_id, local_time, status, punch })
+    (any::<u16>(), text(), text(), any::<u8>(), any::<u8>(), proptest::option::of(any::<u32>())).prop_map(
+        |(uid, user_id, local_time, status, punch, raw_time)| Punch {
+            uid,
+            user_id,
+            local_time,
+            status,
+            punch,
+            raw_time,
+        },
+    )
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -167,7 +175,8 @@ fn oversized_messages_are_refused_both_ways() {
                 user_id: "x".repeat(100),
                 local_time: "2025-01-01T00:00:00".into(),
                 status: 1,
-                punch: 0
+                punch: 0,
+                raw_time: None
             };
             40_000
         ],

@@ -214,20 +214,22 @@ impl Terminal {
             None => (1, "1".to_owned()),
         };
         // Strictly after the newest record of this user, so (user, time) stays unique even at sub-second rates.
-        let last = data.attendance.iter().rev().take(64).filter(|r| r.user_id == user_id).map(|r| r.timestamp).max();
+        let last = data
+            .attendance
+            .iter()
+            .rev()
+            .take(64)
+            .filter(|r| r.user_id == user_id)
+            .filter_map(|r| r.timestamp.valid())
+            .max();
         let timestamp = match last {
             Some(l) if l >= now => l.saturating_add(SignedDuration::from_secs(1)),
             _ => now,
         };
-        let record = AttendanceRecord { uid, user_id, timestamp, status, punch };
+        let record = AttendanceRecord { uid, user_id, timestamp: timestamp.into(), status, punch };
         data.attendance.push(record.clone());
         drop(data);
-        let _ = self.shared.events.send(AttendanceEvent {
-            user_id: record.user_id.clone(),
-            status,
-            punch,
-            timestamp: record.timestamp,
-        });
+        let _ = self.shared.events.send(AttendanceEvent { user_id: record.user_id.clone(), status, punch, timestamp });
         record
     }
 
