@@ -120,9 +120,37 @@ mod tests {
         assert_eq!(json.raw_time, None);
     }
 
+    /// `Reachability.outbox` is new: an older agent's report still decodes, and an older server decodes a newer
+    /// agent's report (ignoring the fill).
+    #[test]
+    fn reachability_outbox_is_backward_compatible() {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        enum OldAgentMsg {
+            Reachability { reports: Vec<Reach> },
+        }
+        let reports = vec![Reach {
+            device: "d".into(),
+            reachable: true,
+            rtt_us: Some(150),
+            checked_at_ms: 1_700_000_000_000,
+            error: None,
+        }];
+        let old = rmp_serde::to_vec_named(&OldAgentMsg::Reachability { reports: reports.clone() }).expect("encodes");
+        assert_eq!(
+            decode_agent(&old).expect("decodes"),
+            AgentMsg::Reachability { reports: reports.clone(), outbox: None }
+        );
+        let fill = OutboxFill { bytes: 900_000, limit_bytes: 1 << 20, pending_records: 8_000, pending_batches: 2 };
+        let new =
+            encode_agent(&AgentMsg::Reachability { reports: reports.clone(), outbox: Some(fill) }).expect("encodes");
+        let seen_by_old: OldAgentMsg = rmp_serde::from_slice(&new).expect("an old server decodes it");
+        assert_eq!(seen_by_old, OldAgentMsg::Reachability { reports });
+    }
+
     #[test]
     fn negotiation() {
-        assert_eq!(negotiate(1, 1), Some(1));
+        assert_eq!(negotiate(1, 1), Some(1), "an agent of protocol 1 is still served");
+        assert_eq!(negotiate(1, 2), Some(2));
         assert_eq!(negotiate(1, 9), Some(PROTOCOL_VERSION));
         assert_eq!(negotiate(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 3), None);
         assert_eq!(negotiate(0, 0), None);
