@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use essl_agent::addr::with_default_port;
-use essl_zk::attendance::AttendanceRecord;
+use essl_zk::attendance::{AttendanceRecord, RecordTime};
 use essl_zk::user::User;
 use essl_zk::{ClientConfig, ErrorKind, ProbeConfig, Transport, ZkClient, ZkError};
 use jiff::civil::DateTime;
@@ -241,8 +241,13 @@ fn print_attendance(records: &[AttendanceRecord], as_json: bool) {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if as_json {
         for r in records {
-            let v = json!({"uid": r.uid, "user_id": r.user_id, "timestamp": fmt_time(r.timestamp),
-                "status": r.status, "punch": r.punch});
+            // The fixture format: a time field that is no date is given as `raw_time` instead of `timestamp`.
+            let v = match r.timestamp {
+                RecordTime::Valid(t) => json!({"uid": r.uid, "user_id": r.user_id, "timestamp": fmt_time(t),
+                    "status": r.status, "punch": r.punch}),
+                RecordTime::Invalid(raw) => json!({"uid": r.uid, "user_id": r.user_id, "raw_time": raw,
+                    "status": r.status, "punch": r.punch}),
+            };
             let _ = writeln!(out, "{v}");
         }
     } else {
@@ -253,7 +258,7 @@ fn print_attendance(records: &[AttendanceRecord], as_json: bool) {
                 "{:>5}  {:<10} {:<19} {:>6} {:>5}",
                 r.uid,
                 sanitize(&r.user_id),
-                fmt_time(r.timestamp),
+                r.timestamp.to_string(),
                 r.status,
                 r.punch
             );

@@ -9,7 +9,8 @@
 //! - Each terminal read is one transaction: its batches, and the watermark it will leave once every batch of it
 //!   is acknowledged (`plan`). A read with nothing new advances the watermark at once.
 //! - Disk use is bounded: above `max_bytes` new records are refused (they stay on the terminal), queued ones are
-//!   never dropped.
+//!   never dropped. Crossing 80 % of the bound is logged as a warning, once per crossing (again only after the
+//!   fill went back under 70 %); the fill goes to the server with every reachability report (`stats`).
 //! - `recover`: a damaged file at start is moved aside and what can be read of it is carried into a fresh one.
 
 mod plan;
@@ -32,6 +33,29 @@ use tokio::sync::{Mutex, watch};
 
 pub use plan::{Reset, Watermark, plan};
 pub use recover::Recovery;
+
+/// The fill, in percent of the bound, at which the outbox warns (once) ...
+pub const WARN_AT_PERCENT: u64 = 80;
+/// ... and under which it is ready to warn again: no storm of warnings while the fill hovers around the line.
+pub const REARM_BELOW_PERCENT: u64 = 70;
+
+/// Whether a fill of `used` bytes of `max` crosses the warning line: `Some(true)` upwards (warn), `Some(false)`
+/// back under the re-arm line, `None` no crossing. `high`: the warning was given and not re-armed.
+fn fill_crossing(high: bool, used: u64, max: u64) -> Option<bool> {
+    let percent = fill_percent(used, max);
+    if !high && percent >= WARN_AT_PERCENT {
+        Some(true)
+    } else if high && percent < REARM_BELOW_PERCENT {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+fn fill_percent(used: u64, max: u64) -> u64 {
+    let percent = u128::from(used) * 100 / u128::from(max.max(1));
+    u64::try_from(percent).unwrap_or(u64::MAX)
+}
 
 /// Tables of a fresh outbox. `batch.id` is the wire batch id: AUTOINCREMENT, so an id is never reused.
 const SCHEMA: &str = "
@@ -144,6 +168,8 @@ struct Inner {
     acked: watch::Sender<u64>,
     /// The last enqueue was refused for want of space (warn once, then say when it clears).
     full: AtomicBool,
+    /// The fill crossed [`WARN_AT_PERCENT`] and has not been under [`REARM_BELOW_PERCENT`] since.
+    high: AtomicBool,
 }
 
 struct Db {
@@ -182,6 +208,7 @@ impl Outbox {
                 queued: watch::Sender::new(0),
                 acked: watch::Sender::new(0),
                 full: AtomicBool::new(false),
+                high: AtomicBool::new(false),
             }),
         };
         Ok((outbox, recovery))
@@ -241,6 +268,7 @@ impl Outbox {
         if let Some(tag) = tag {
             db.tags.extend(batches.iter().map(|b| (*b, tag)));
         }
+        self.observe_fill(&mut db.conn).await?;
         drop(db);
         if !batches.is_empty() {
             self.inner.queued.send_modify(|n| *n += 1);
@@ -259,6 +287,7 @@ impl Outbox {
             batches.push(insert_batch(&mut *tx, device, None, chunk, now_ms()).await?);
         }
         tx.commit().await?;
+        self.observe_fill(&mut db.conn).await?;
         drop(db);
         self.inner.queued.send_modify(|n| *n += 1);
         Ok(batches)
@@ -303,6 +332,7 @@ impl Outbox {
                 // Give the pages of a big flush back to the file system once nothing is queued.
                 sqlx::query("PRAGMA incremental_vacuum").execute(&mut db.conn).await?;
             }
+            self.observe_fill(&mut db.conn).await?;
         }
         drop(db);
         self.inner.acked.send_modify(|n| *n += 1);
@@ -343,6 +373,82 @@ impl Outbox {
         watermark(&mut db.conn, device).await
     }
 
+    /// Whether everything in `read` (a read of `device`'s whole log) is acknowledged by the server: nothing of the
+    /// device is queued, and its acknowledged watermark is this very log (same serial, same count, same last
+    /// record). `Err` names what is missing. An empty log with nothing queued is trivially stored.
+    pub async fn confirms(&self, device: &str, read: &TerminalRead) -> Result<Result<(), String>, OutboxError> {
+        let mut db = self.inner.db.lock().await;
+        let (batches, punches): (i64, i64) =
+            sqlx::query_as("SELECT count(*), coalesce(sum(punches), 0) FROM batch WHERE device = ?")
+                .bind(device)
+                .fetch_one(&mut db.conn)
+                .await?;
+        if batches > 0 {
+            return Ok(Err(format!(
+                "{punches} records of this terminal in {batches} batches are not yet acknowledged by the server"
+            )));
+        }
+        if read.records.is_empty() {
+            return Ok(Ok(()));
+        }
+        let Some(mark) = watermark(&mut db.conn, device).await? else {
+            return Ok(Err(format!(
+                "none of the {} records on the terminal was sent to the server yet",
+                read.records.len()
+            )));
+        };
+        let now = Watermark::of(&read.serial, &read.records);
+        if mark.serial != now.serial || mark.count != now.count || mark.last != now.last {
+            let (start, _) = plan(Some(&mark), &read.serial, &read.records);
+            let unsent = read.records.len() - start.min(read.records.len());
+            return Ok(Err(format!(
+                "{unsent} of the {} records on the terminal are not yet acknowledged by the server",
+                read.records.len()
+            )));
+        }
+        Ok(Ok(()))
+    }
+
+    /// The batches of `device` still queued, oldest first.
+    pub async fn queued_for(&self, device: &str) -> Result<Vec<u64>, OutboxError> {
+        let mut db = self.inner.db.lock().await;
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM batch WHERE device = ? ORDER BY id")
+            .bind(device)
+            .fetch_all(&mut db.conn)
+            .await?;
+        Ok(ids.into_iter().map(to_u64).collect())
+    }
+
+    /// The terminal's log was just cleared (every record of it confirmed stored): its watermark becomes the empty
+    /// log of `serial`, so the next read sends whatever is new without calling it a reset. Left alone (the next
+    /// read then sends everything again, harmlessly) if anything of the device was queued meanwhile.
+    pub async fn mark_cleared(&self, device: &str, serial: &str) -> Result<bool, OutboxError> {
+        let mut db = self.inner.db.lock().await;
+        let mut tx = db.conn.begin_with("BEGIN IMMEDIATE").await?;
+        let busy: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM batch WHERE device = ?1) OR EXISTS (SELECT 1 FROM pending_read WHERE device = ?1)",
+        )
+        .bind(device)
+        .fetch_one(&mut *tx)
+        .await?;
+        if busy {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO watermark (device, serial, count, last_record, newest_time, read_id, updated_ms) \
+             VALUES (?, ?, 0, NULL, NULL, 0, ?) \
+             ON CONFLICT (device) DO UPDATE SET serial = excluded.serial, count = 0, last_record = NULL, \
+             newest_time = NULL, updated_ms = excluded.updated_ms",
+        )
+        .bind(device)
+        .bind(serial)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Whether the device was read before (a watermark, or a read still waiting for acks): the agent is resuming
     /// it, and what happened while it was away is worth a sync at once.
     pub async fn knows(&self, device: &str) -> Result<bool, OutboxError> {
@@ -363,8 +469,45 @@ impl Outbox {
         Ok(())
     }
 
+    /// Logs a crossing of the warning line (see [`WARN_AT_PERCENT`]); called under the connection's lock.
+    async fn observe_fill(&self, conn: &mut SqliteConnection) -> Result<(), OutboxError> {
+        let used = used_bytes(conn).await?;
+        self.note_fill(used);
+        Ok(())
+    }
+
+    fn note_fill(&self, used: u64) {
+        let max = self.inner.max_bytes;
+        let high = self.inner.high.load(Ordering::Relaxed);
+        let percent = fill_percent(used, max);
+        match fill_crossing(high, used, max) {
+            Some(true) => {
+                self.inner.high.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    used_bytes = used,
+                    max_bytes = max,
+                    percent,
+                    path = %self.inner.path.display(),
+                    "the outbox is over {WARN_AT_PERCENT} % of its bound: the server has not acknowledged what is \
+                     queued; when it is full, new terminal reads are refused (nothing queued is dropped)"
+                );
+            }
+            Some(false) => {
+                self.inner.high.store(false, Ordering::Relaxed);
+                tracing::info!(
+                    used_bytes = used,
+                    max_bytes = max,
+                    percent,
+                    "the outbox is back under {REARM_BELOW_PERCENT} % of its bound"
+                );
+            }
+            None => {}
+        }
+    }
+
     async fn check_space(&self, conn: &mut SqliteConnection) -> Result<(), OutboxError> {
         let used = used_bytes(conn).await?;
+        self.note_fill(used);
         let max = self.inner.max_bytes;
         if used >= max {
             if !self.inner.full.swap(true, Ordering::Relaxed) {

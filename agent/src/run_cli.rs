@@ -23,11 +23,13 @@ pub struct RunArgs {
     /// A PEM file with an extra CA to trust besides the operating system's store (self-hosted servers).
     #[arg(long)]
     ca_file: Option<PathBuf>,
-    /// How often to probe the site's devices (e.g. 30s, 2m); default: what the server says (30 s).
+    /// How often to probe the site's devices and report to the server, the outbox's fill included (e.g. 30s,
+    /// 2m); default: what the server says (30 s).
     #[arg(long)]
     probe_interval: Option<String>,
     /// The outbox file, where records wait until the server confirmed it stored them; default:
-    /// essl-agent-outbox.db beside the config file, or in the working directory.
+    /// essl-agent-outbox.db beside the config file, or in the working directory. Bounded by outbox_max_mb (a
+    /// warning past 80 %; when full, new reads wait on the terminal).
     #[arg(long)]
     outbox: Option<PathBuf>,
 }

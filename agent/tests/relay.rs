@@ -292,7 +292,7 @@ async fn closed_port() -> SocketAddr {
 
 fn reachability(msg: &AgentMsg) -> Option<Vec<Reach>> {
     match msg {
-        AgentMsg::Reachability { reports } => Some(reports.clone()),
+        AgentMsg::Reachability { reports, .. } => Some(reports.clone()),
         _ => None,
     }
 }
@@ -350,9 +350,16 @@ async fn hello_then_reachability_of_every_device() {
         assert!(r.checked_at_ms >= before_ms && r.checked_at_ms <= jiff::Timestamp::now().as_millisecond(), "{r:?}");
     }
 
-    // Then every probe interval (overridden to 500 ms here), without being asked.
-    let again = peer.recv_until(STEP, reachability).await;
+    // Then every probe interval (overridden to 500 ms here), without being asked, with the outbox's fill.
+    let (again, fill) = peer
+        .recv_until(STEP, |m| match m {
+            AgentMsg::Reachability { reports, outbox } => Some((reports.clone(), *outbox)),
+            _ => None,
+        })
+        .await;
     assert_eq!(again.len(), 3);
+    let fill = fill.expect("the heartbeat carries the outbox's fill");
+    assert!(fill.bytes > 0 && fill.limit_bytes == 256 << 20, "{fill:?}");
 
     // A new device list replaces the old one and is probed at once.
     peer.send(&ServerMsg::DevicesChanged { devices: vec![spec("d-sim", sim.addr, false)] }).await;
@@ -453,6 +460,7 @@ async fn sync_sends_acknowledged_batches_then_synced() {
             local_time: p.timestamp.clone(),
             status: p.status,
             punch: p.punch,
+            raw_time: None,
         })
         .collect();
     assert_eq!(got.len(), want.len());
@@ -470,9 +478,10 @@ async fn sync_sends_acknowledged_batches_then_synced() {
         .map(|r| Punch {
             uid: r.uid,
             user_id: r.user_id,
-            local_time: r.timestamp.strftime("%Y-%m-%dT%H:%M:%S").to_string(),
+            local_time: r.timestamp.to_string(),
             status: r.status,
             punch: r.punch,
+            raw_time: None,
         })
         .collect();
     peer.send(&ServerMsg::Request { id: 9, device: "door".into(), op: Op::SyncAttendance }).await;
@@ -571,9 +580,138 @@ async fn device_requests_run_concurrently_and_map_errors() {
     assert!(!e.message.is_empty());
     assert_eq!(err(peer.request(9, "dead", Op::Probe).await).kind, ErrorKind::Unreachable);
 
-    assert_eq!(ok(peer.request(10, "door", Op::ClearAttendance).await), OpResult::Done);
-    assert_eq!(sim.terminal.record_count(), 0);
+    // Nothing of this terminal was ever sent: a clear without syncing first is refused, and the log stays.
+    let refused = err(peer.request(10, "door", Op::ClearAttendance { sync_first: false }).await);
+    assert_eq!(refused.kind, ErrorKind::NotConfirmed, "{refused:?}");
+    assert!(refused.message.contains("none of the 300 records"), "{}", refused.message);
+    assert_eq!(sim.terminal.record_count(), 300);
+    assert!(sim.terminal.is_enabled(), "the terminal takes punches again");
 
+    agent.stop().await;
+    sim.stop().await;
+}
+
+/// Answers every `Punches` batch of request `id` with its `Ack` until `ConfirmStored` comes; returns it.
+async fn ack_until_confirm(peer: &mut Peer, id: u64) -> (u64, u64, Option<String>, Option<String>) {
+    loop {
+        match peer.recv().await {
+            AgentMsg::Punches { batch, request, .. } => {
+                assert!(request.is_none_or(|r| r == id));
+                peer.send(&ServerMsg::Ack { batch }).await;
+            }
+            AgentMsg::ConfirmStored { id: got, records, keys, first_local_time, last_local_time } => {
+                assert_eq!(got, id);
+                return (records, keys, first_local_time, last_local_time);
+            }
+            AgentMsg::Response { id: got, outcome } => panic!("request {got} ended before the check: {outcome:?}"),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_attendance_holds_the_terminal_and_clears_only_on_the_servers_word() {
+    let (sim, fixture) = simulator(10, 400).await;
+    let mut server = FakeServer::start().await;
+    // The agent waits this long for acks and for the server's word.
+    let agent = Agent::start(&server, Timing { ack_timeout: Duration::from_secs(2), ..timing() }, None);
+    let mut peer = server.session().await;
+    peer.welcome(vec![spec("door", sim.addr, false)]).await;
+
+    // The server does not confirm: the log stays, and the terminal takes punches again.
+    peer.send(&ServerMsg::Request { id: 1, device: "door".into(), op: Op::ClearAttendance { sync_first: true } }).await;
+    let (records, keys, first, last) = ack_until_confirm(&mut peer, 1).await;
+    assert_eq!((records, keys), (400, 400));
+    let times: Vec<&str> = fixture.attendance.iter().map(|p| p.timestamp.as_str()).collect();
+    assert_eq!(first.as_deref(), times.iter().min().copied());
+    assert_eq!(last.as_deref(), times.iter().max().copied());
+    assert!(!sim.terminal.is_enabled(), "held while the server is asked");
+    assert!(sim.terminal.try_punch(1, 1, 0).is_none(), "a held terminal takes no punch");
+    peer.send(&ServerMsg::Stored { id: 1, confirmed: false, reason: Some("the database holds 12 of 400".into()) })
+        .await;
+    let refused = err(peer.response(1).await);
+    assert_eq!(refused.kind, ErrorKind::NotConfirmed);
+    assert!(refused.message.contains("the database holds 12 of 400"), "{}", refused.message);
+    assert_eq!(sim.terminal.record_count(), 400);
+    assert!(sim.terminal.is_enabled());
+
+    // Everything is acknowledged now: no batch goes, the server confirms, the log is cleared.
+    let punched = sim.terminal.try_punch(2, 1, 0).expect("an enabled terminal takes punches");
+    peer.send(&ServerMsg::Request { id: 2, device: "door".into(), op: Op::ClearAttendance { sync_first: true } }).await;
+    let (records, _, _, _) = ack_until_confirm(&mut peer, 2).await;
+    assert_eq!(records, 401, "the punch made in between is part of the log");
+    peer.send(&ServerMsg::Stored { id: 2, confirmed: true, reason: None }).await;
+    assert_eq!(ok(peer.response(2).await), OpResult::Cleared { records: 401 });
+    assert_eq!(sim.terminal.record_count(), 0);
+    assert!(sim.terminal.is_enabled(), "enabled again after the clear");
+
+    // The next punch goes by the next sync, not called a reset, and nothing of before goes again.
+    let after = sim.terminal.try_punch(3, 1, 0).expect("punch");
+    assert_ne!(after, punched);
+    peer.send(&ServerMsg::Request { id: 3, device: "door".into(), op: Op::SyncAttendance }).await;
+    let batch = peer
+        .recv_until(STEP, |m| match m {
+            AgentMsg::Punches { batch, request: Some(3), records, .. } => {
+                assert_eq!(records.len(), 1);
+                assert_eq!(records[0].user_id, after.user_id);
+                Some(*batch)
+            }
+            _ => None,
+        })
+        .await;
+    peer.send(&ServerMsg::Ack { batch }).await;
+    assert_eq!(ok(peer.response(3).await), OpResult::Synced { records: 1, batches: 1, read: Some(1), reset: None });
+
+    // A server that never answers the check: refused after the agent's wait, terminal enabled, log kept.
+    peer.send(&ServerMsg::Request { id: 4, device: "door".into(), op: Op::ClearAttendance { sync_first: true } }).await;
+    ack_until_confirm(&mut peer, 4).await;
+    let silent = err(peer.response(4).await);
+    assert_eq!(silent.kind, ErrorKind::NotConfirmed, "{silent:?}");
+    assert_eq!(sim.terminal.record_count(), 1);
+    assert!(sim.terminal.is_enabled());
+
+    // Cancelled while waiting for the server's word: nothing cleared, the terminal enabled again.
+    peer.send(&ServerMsg::Request { id: 5, device: "door".into(), op: Op::ClearAttendance { sync_first: true } }).await;
+    ack_until_confirm(&mut peer, 5).await;
+    assert!(!sim.terminal.is_enabled());
+    peer.send(&ServerMsg::Cancel { id: 5 }).await;
+    assert_eq!(err(peer.response(5).await).kind, ErrorKind::Cancelled);
+    within(STEP, "the terminal enabled after the cancel", async {
+        while !sim.terminal.is_enabled() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    peer.send(&ServerMsg::Stored { id: 5, confirmed: true, reason: None }).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(sim.terminal.record_count(), 1, "a late confirmation clears nothing");
+
+    agent.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_of_protocol_1_gets_no_clear() {
+    let (sim, _) = simulator(5, 20).await;
+    let mut server = FakeServer::start().await;
+    let agent = Agent::start(&server, timing(), None);
+    let mut peer = server.session().await;
+    let hello = peer.recv().await;
+    assert!(matches!(hello, AgentMsg::Hello { min_protocol: 1, max_protocol: 2, .. }), "{hello:?}");
+    peer.send(&ServerMsg::Welcome {
+        protocol: 1,
+        agent_id: "agent-1".into(),
+        site: "site-1".into(),
+        devices: vec![spec("door", sim.addr, false)],
+        probe_interval_ms: 30_000,
+    })
+    .await;
+    // Still speaking protocol 1: requests work ...
+    assert!(matches!(ok(peer.request(1, "door", Op::GetTime).await), OpResult::Time { .. }));
+    // ... but a clear needs the server's confirmation, which a protocol-1 server cannot give.
+    let e = err(peer.request(2, "door", Op::ClearAttendance { sync_first: true }).await);
+    assert_eq!(e.kind, ErrorKind::Protocol, "a kind a protocol-1 server knows: {e:?}");
+    assert_eq!(sim.terminal.record_count(), 20);
     agent.stop().await;
     sim.stop().await;
 }

@@ -1,6 +1,7 @@
 //! essl-server: the cloud side of essl-relay.
 //!
-//! - [`http`]: routes, extractors, the error shape; [`sync`]: the seed's check and sync on top of the hub.
+//! - [`http`]: routes, extractors, the error shape; [`sync`]: the seed's check and sync on top of the hub;
+//!   [`clear`]: clearing a terminal's log once every record of it is stored.
 //! - [`hub`]: connected agents, their reachability reports, routing, single flight; `hub::session`: one agent's
 //!   WebSocket.
 //! - [`ingest`]: terminal records to attendance rows (time zones, flags).
@@ -11,6 +12,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod clear;
 pub mod http;
 pub mod hub;
 pub mod ingest;

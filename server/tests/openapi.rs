@@ -308,3 +308,27 @@ fn the_seed_cached_answer_serializes_as_documented() {
     );
     assert_eq!(json["deviceUnreachable"], true);
 }
+
+/// Issue 5: the confirmed clear, the attendance flags and the agents' outbox fill are in the contract.
+#[test]
+fn the_clear_route_flags_and_outbox_fill_are_documented() {
+    let doc = document();
+    let op = &doc["paths"]["/api/devices/{id}/clear-attendance"]["post"];
+    assert!(op.is_object(), "the clear route is documented");
+    assert_ne!(op["requestBody"]["required"], true, "its body is optional");
+    for status in ["200", "403", "404", "409", "502"] {
+        assert!(op["responses"][status].is_object(), "clear-attendance documents {status}");
+    }
+    let refused = op["responses"]["409"]["description"].as_str().unwrap_or_default();
+    assert!(refused.contains("not_confirmed"), "{refused}");
+    let schemas = &doc["components"]["schemas"];
+    let flags = schemas["AttendanceItem"]["properties"]["flags"]["description"].as_str().unwrap_or_default();
+    for bit in ["1 ambiguous", "2 nonexistent", "4 future", "8 invalid time", "16 unknown user"] {
+        assert!(flags.contains(bit), "the flags description names {bit:?}: {flags}");
+    }
+    assert!(schemas["AttendanceItem"]["properties"]["rawTime"].is_object());
+    assert!(schemas["AgentView"]["properties"]["outbox"].is_object());
+    let outbox: BTreeSet<&str> =
+        schemas["AgentOutbox"]["properties"].as_object().expect("AgentOutbox").keys().map(String::as_str).collect();
+    assert_eq!(outbox, BTreeSet::from(["bytes", "limitBytes", "pendingRecords"]));
+}

@@ -380,6 +380,19 @@ async fn punches_round_trip_and_dedup(store: Store) {
     assert_eq!((latest.user_id.as_str(), latest.local_time), ("1001", local("2025-11-24T18:00:59")));
     assert_eq!(store.latest_punch(device(&store, "empty").await.id).await.expect("latest"), None);
 
+    // Counting by the terminal's wall clock, both ends included, this device only (what a clear is checked with).
+    let between = |a: &str, b: &str| store.count_attendance_between(d.id, local(a), local(b));
+    assert_eq!(between("2025-11-24T09:01:02", "2025-11-24T09:07:00").await.expect("count"), 4);
+    assert_eq!(between("2025-11-24T09:01:03", "2025-11-24T18:00:58").await.expect("count"), 3);
+    assert_eq!(between("2025-11-25T00:00:00", "2025-11-26T00:00:00").await.expect("count"), 0);
+    // A record whose time is no date, under its placeholder in year 1018: stored, and counted in its range.
+    let (placeholder, at) = essl_server::ingest::invalid_time(583_804_800);
+    let invalid = NewPunch { local_time: placeholder, punched_at: at, flags: 8, ..punch("9", "2025-11-24T09:00:00") };
+    assert_eq!(store.insert_punches(d.id, std::slice::from_ref(&invalid)).await.expect("insert"), 1);
+    assert_eq!(store.insert_punches(d.id, &[invalid]).await.expect("again"), 0, "a re-send hits its row");
+    assert_eq!(between("1000-01-01T00:00:00", "2025-11-24T09:01:02").await.expect("count"), 2);
+    assert_eq!(store.latest_punch(d.id).await.expect("latest").expect("some").local_time, local("2025-11-24T18:00:59"));
+
     // Unknown device: NotFound, nothing stored.
     assert_not_found(store.insert_punches(Uuid::new_v4(), &batch).await);
     assert_not_found(store.insert_punches_naive(Uuid::new_v4(), &batch).await);

@@ -3,7 +3,7 @@
 //! watermark can tell a replaced terminal from the same one.
 
 use essl_wire::Punch;
-use essl_zk::attendance::AttendanceRecord;
+use essl_zk::attendance::{AttendanceRecord, RecordTime};
 use essl_zk::client::AttendanceRead;
 use essl_zk::{ZkClient, ZkError};
 
@@ -23,6 +23,15 @@ pub(crate) async fn read_terminal(
     session.close().await;
     let (serial, read) = result?;
     tracing::debug!(records = read.records.len(), layout = ?read.layout, %serial, "attendance read");
+    let invalid = read.records.iter().filter(|r| r.timestamp.valid().is_none()).count();
+    if invalid > 0 {
+        tracing::warn!(
+            device = %device.spec.id,
+            invalid,
+            records = read.records.len(),
+            "records whose time is no date (corrupt on the terminal): kept and sent with their raw value, flagged"
+        );
+    }
     Ok(TerminalRead { serial, records: read.records.iter().map(to_punch).collect() })
 }
 
@@ -34,12 +43,12 @@ async fn serial_and_records(
     Ok((serial, client.read_attendance(progress).await?))
 }
 
+/// A record as it travels. A time field that is no date goes as its raw value, with the placeholder local time
+/// (`essl_wire::invalid_time_placeholder`) that keeps the server's unique key meaningful.
 pub(crate) fn to_punch(r: &AttendanceRecord) -> Punch {
-    Punch {
-        uid: r.uid,
-        user_id: r.user_id.clone(),
-        local_time: format_local_time(r.timestamp),
-        status: r.status,
-        punch: r.punch,
-    }
+    let (local_time, raw_time) = match r.timestamp {
+        RecordTime::Valid(t) => (format_local_time(t), None),
+        RecordTime::Invalid(raw) => (essl_wire::invalid_time_placeholder(raw), Some(raw)),
+    };
+    Punch { uid: r.uid, user_id: r.user_id.clone(), local_time, status: r.status, punch: r.punch, raw_time }
 }

@@ -167,6 +167,7 @@ impl Users {
             local_time: format_local_time(e.timestamp),
             status: e.status,
             punch: e.punch,
+            raw_time: None,
         }
     }
 }

@@ -96,6 +96,7 @@ mod tests {
             local_time: format!("2025-11-24T09:{:02}:{:02}", (i / 60) % 60, i % 60),
             status: 1,
             punch: 0,
+            raw_time: None,
         }
     }
 

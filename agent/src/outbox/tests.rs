@@ -36,6 +36,7 @@ fn punch(i: usize) -> Punch {
         local_time: format!("2025-11-{:02}T{:02}:{:02}:{:02}", 1 + i / 86_400 % 28, i / 3600 % 24, i / 60 % 60, i % 60),
         status: 1,
         punch: (i % 2) as u8,
+        raw_time: None,
     }
 }
 
@@ -231,4 +232,80 @@ async fn a_sound_file_is_not_touched() {
     let ids = full_file(&file.0).await;
     let outbox = open(&file.0).await;
     assert_eq!(drain(&outbox).await.iter().map(|b| b.id).collect::<Vec<_>>(), ids);
+}
+
+#[test]
+fn the_fill_warning_line_has_a_rearm_gap() {
+    assert_eq!(fill_crossing(false, 79, 100), None);
+    assert_eq!(fill_crossing(false, 80, 100), Some(true));
+    assert_eq!(fill_crossing(true, 95, 100), None, "once per crossing");
+    assert_eq!(fill_crossing(true, 75, 100), None, "hovering around the line says nothing");
+    assert_eq!(fill_crossing(true, 69, 100), Some(false));
+    assert_eq!(fill_crossing(false, u64::MAX, 1), Some(true));
+    assert_eq!(fill_crossing(false, 0, 0), None);
+}
+
+/// Log lines written while it is the thread's subscriber.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn count(&self, needle: &str) -> usize {
+        let text =
+            String::from_utf8_lossy(&self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).into_owned();
+        text.lines().filter(|l| l.contains(needle)).count()
+    }
+}
+
+#[tokio::test]
+async fn crossing_80_percent_of_the_bound_warns_once_per_crossing() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    const WARNED: &str = "the outbox is over 80 % of its bound";
+    const REARMED: &str = "the outbox is back under 70 % of its bound";
+
+    let file = TempFile::new("fill");
+    let (outbox, _) = Outbox::open(&file.0, 512 << 10).await.expect("opens");
+    let mut next = 0;
+    // Punches queue up (the server acknowledges nothing) until the fill passes 80 %, and some more after that.
+    fill_to(&outbox, &mut next, 70).await;
+    assert_eq!(logs.count(WARNED), 0, "not yet");
+    fill_to(&outbox, &mut next, 90).await;
+    assert_eq!(logs.count(WARNED), 1);
+    assert_eq!(logs.count(REARMED), 0);
+    let stats = outbox.stats().await.expect("stats");
+    assert!(stats.punches > 0 && stats.batches > 0 && stats.max_bytes == 512 << 10, "{stats:?}");
+
+    // The server acknowledges everything: back under the line, and ready to warn again.
+    ack_all(&outbox).await;
+    assert!(fill_of(&outbox).await < 70);
+    assert_eq!(logs.count(REARMED), 1);
+    fill_to(&outbox, &mut next, 85).await;
+    assert_eq!(logs.count(WARNED), 2, "a second crossing warns again");
+}
+
+async fn fill_of(outbox: &Outbox) -> u64 {
+    let s = outbox.stats().await.expect("stats");
+    s.bytes * 100 / s.max_bytes
+}
+
+/// Queues realtime punches, 100 at a time, until the outbox is `percent` full.
+async fn fill_to(outbox: &Outbox, next: &mut usize, percent: u64) {
+    while fill_of(outbox).await < percent {
+        let punches: Vec<Punch> = (*next..*next + 100).map(punch).collect();
+        *next += 100;
+        outbox.enqueue_punches("d", &punches).await.expect("room");
+    }
 }

@@ -12,6 +12,7 @@ use jiff::civil::DateTime;
 use tokio::task::{AbortHandle, Id, JoinSet};
 use tracing::Instrument;
 
+use super::clear::{self, Verdicts};
 use super::devices::{Device, DeviceTable};
 use super::outgoing::Out;
 use super::sync;
@@ -26,6 +27,10 @@ pub(crate) struct JobCtx {
     pub outbox: Outbox,
     /// This connection's number: a sync's batches carry its request id only on this connection.
     pub conn: u64,
+    /// The protocol version the server chose in `Welcome`.
+    pub protocol: u16,
+    /// Clears of this connection waiting for the server's `Stored`.
+    pub verdicts: Verdicts,
     pub timing: Arc<Timing>,
 }
 
@@ -115,7 +120,7 @@ async fn execute(ctx: &JobCtx, id: u64, device: &Device, op: Op) -> Result<OpRes
         Op::GetTime => Work::GetTime,
         // Checked before the terminal is touched.
         Op::SetTime { local_time } => Work::SetTime(parse_local_time(&local_time)?),
-        Op::ClearAttendance => Work::Clear,
+        Op::ClearAttendance { sync_first } => return clear::run(ctx, id, device, sync_first).await,
     };
     let mut session = device.session(&ctx.timing).await.map_err(zk_error)?;
     let c = &mut session.client;
@@ -148,7 +153,6 @@ async fn execute(ctx: &JobCtx, id: u64, device: &Device, op: Op) -> Result<OpRes
         }),
         Work::GetTime => c.get_time().await.map(|t| OpResult::Time { local_time: format_local_time(t) }),
         Work::SetTime(t) => c.set_time(t).await.map(|()| OpResult::Done),
-        Work::Clear => c.clear_attendance().await.map(|()| OpResult::Done),
     };
     session.close().await;
     result.map_err(zk_error)
@@ -160,7 +164,6 @@ enum Work {
     Info,
     GetTime,
     SetTime(DateTime),
-    Clear,
 }
 
 const LOCAL_TIME: &str = "%Y-%m-%dT%H:%M:%S";
@@ -207,7 +210,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::DeviceInfo => "device_info",
         Op::GetTime => "get_time",
         Op::SetTime { .. } => "set_time",
-        Op::ClearAttendance => "clear_attendance",
+        Op::ClearAttendance { .. } => "clear_attendance",
     }
 }
 

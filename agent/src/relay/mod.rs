@@ -13,6 +13,7 @@
 //! `backoff_max` every time (and is logged once as an error); a server going away is rejoined after a short
 //! random delay without counting as a failure.
 
+mod clear;
 mod connect;
 pub(crate) mod devices;
 pub(crate) mod jobs;

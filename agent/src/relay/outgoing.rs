@@ -80,5 +80,6 @@ fn kind_of(msg: &AgentMsg) -> &'static str {
         AgentMsg::Progress { .. } => "Progress",
         AgentMsg::Reachability { .. } => "Reachability",
         AgentMsg::Punches { .. } => "Punches",
+        AgentMsg::ConfirmStored { .. } => "ConfirmStored",
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use essl_wire::{AgentMsg, ServerMsg, close};
+use essl_wire::{AgentMsg, OutboxFill, ServerMsg, close};
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
 use tokio::sync::mpsc;
@@ -16,12 +16,14 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use super::clear::Verdicts;
 use super::connect::WsStream;
 use super::devices::{DeviceTable, probe_all};
 use super::jobs::{JobCtx, Jobs};
 use super::outgoing::{Out, Outgoing, QUEUE, writer};
 use super::upload::Uploader;
 use crate::config::Timing;
+use crate::outbox::Outbox;
 
 /// How a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +68,7 @@ pub(crate) async fn run(shared: &Shared, ws: WsStream, shutdown: &CancellationTo
 
 /// What the server's `Welcome` said.
 struct Welcome {
+    protocol: u16,
     agent_id: String,
     site: String,
     devices: Vec<essl_wire::DeviceSpec>,
@@ -120,7 +123,7 @@ impl Session<'_> {
                         self.queue_close(close::INCOMPATIBLE, "unsupported protocol");
                         return Err(End::Incompatible(format!("the server chose protocol {protocol}")));
                     }
-                    return Ok(Welcome { agent_id, site, devices, probe_interval_ms });
+                    return Ok(Welcome { protocol, agent_id, site, devices, probe_interval_ms });
                 }
                 Some(other) => {
                     return Err(self.protocol_error(format!("expected Welcome, got {}", msg_name(&other))));
@@ -143,6 +146,7 @@ impl Session<'_> {
             server = %shared.config.server,
             agent_id = %welcome.agent_id,
             site = %welcome.site,
+            protocol = welcome.protocol,
             devices = welcome.devices.len(),
             probe_interval_ms = probe_every.as_millis() as u64,
             "connected"
@@ -152,14 +156,17 @@ impl Session<'_> {
         let conn = shared.conns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Queued batches go first, in order: the uploader starts from the oldest.
         let uploader = Uploader::start(shared.outbox.clone(), self.out.clone(), conn, timing.ack_timeout);
+        let verdicts = Verdicts::default();
         let mut jobs = Jobs::new(JobCtx {
             devices: devices.clone(),
             out: self.out.clone(),
             outbox: shared.outbox.clone(),
             conn,
+            protocol: welcome.protocol,
+            verdicts: verdicts.clone(),
             timing: Arc::new(timing.clone()),
         });
-        let mut rounds = Rounds::default();
+        let mut rounds = Rounds::new(shared.outbox.clone());
         // The first tick is immediate: a reachability report right after Welcome.
         let mut probe_ticker = interval_at(Instant::now(), probe_every);
         probe_ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -173,7 +180,7 @@ impl Session<'_> {
                 frame = stream.next() => {
                     last_heard = Instant::now();
                     match self.decode(frame) {
-                        Ok(Some(msg)) => self.handle(msg, &mut jobs, &uploader, &devices, &mut rounds).await,
+                        Ok(Some(msg)) => self.handle(msg, &mut jobs, &uploader, &devices, &mut rounds, &verdicts).await,
                         Ok(None) => Ok(()),
                         Err(end) => Err(end),
                     }
@@ -214,6 +221,7 @@ impl Session<'_> {
         uploader: &Uploader,
         devices: &DeviceTable,
         rounds: &mut Rounds,
+        verdicts: &Verdicts,
     ) -> Step {
         match msg {
             ServerMsg::Request { id, device, op } => match jobs.start(id, device, op) {
@@ -232,6 +240,11 @@ impl Session<'_> {
                 tracing::info!(devices = specs.len(), "the site's devices changed");
                 devices.replace(specs);
                 rounds.start(devices, &self.out, self.timing, true);
+                Ok(())
+            }
+            ServerMsg::Stored { id, confirmed, reason } => {
+                let verdict = if confirmed { Ok(()) } else { Err(reason.unwrap_or_else(|| "no reason given".into())) };
+                verdicts.deliver(id, verdict);
                 Ok(())
             }
             ServerMsg::Welcome { .. } => Err(self.protocol_error("a second Welcome".into())),
@@ -313,39 +326,58 @@ fn msg_name(msg: &ServerMsg) -> &'static str {
         ServerMsg::Cancel { .. } => "Cancel",
         ServerMsg::DevicesChanged { .. } => "DevicesChanged",
         ServerMsg::Ack { .. } => "Ack",
+        ServerMsg::Stored { .. } => "Stored",
     }
 }
 
 /// The reachability round in progress, if any. Rounds do not overlap: a tick during a round is skipped, a
-/// device list change restarts the round.
-#[derive(Default)]
-struct Rounds(Option<JoinHandle<()>>);
+/// device list change restarts the round. Each report carries the outbox's fill: the heartbeat the server shows.
+struct Rounds {
+    running: Option<JoinHandle<()>>,
+    outbox: Outbox,
+}
 
 impl Rounds {
+    fn new(outbox: Outbox) -> Rounds {
+        Rounds { running: None, outbox }
+    }
+
     fn start(&mut self, devices: &DeviceTable, out: &Out, timing: &Timing, restart: bool) {
-        if let Some(running) = &self.0 {
+        if let Some(running) = &self.running {
             if !running.is_finished() && !restart {
                 tracing::debug!("previous reachability round still running; tick skipped");
                 return;
             }
             running.abort();
         }
-        let (all, out, timing) = (devices.all(), out.clone(), timing.clone());
-        self.0 = Some(tokio::spawn(async move {
+        let (all, out, timing, outbox) = (devices.all(), out.clone(), timing.clone(), self.outbox.clone());
+        self.running = Some(tokio::spawn(async move {
             let reports = probe_all(all, &timing).await;
             tracing::debug!(
                 devices = reports.len(),
                 reachable = reports.iter().filter(|r| r.reachable).count(),
                 "reachability"
             );
-            let _ = out.send(Outgoing::Msg(AgentMsg::Reachability { reports })).await;
+            let outbox = match outbox.stats().await {
+                Ok(s) => Some(OutboxFill {
+                    bytes: s.bytes,
+                    limit_bytes: s.max_bytes,
+                    pending_records: s.punches,
+                    pending_batches: s.batches,
+                }),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the outbox's fill");
+                    None
+                }
+            };
+            let _ = out.send(Outgoing::Msg(AgentMsg::Reachability { reports, outbox })).await;
         }));
     }
 }
 
 impl Drop for Rounds {
     fn drop(&mut self) {
-        if let Some(running) = &self.0 {
+        if let Some(running) = &self.running {
             running.abort();
         }
     }

@@ -187,20 +187,21 @@ async fn store_once(backend: Backend, rows: &[NewPunch], naive: bool) -> anyhow:
 /// The terminal's records as the server's ingest makes them (instant in the device's zone, DST flags).
 fn punches(fixture: &Fixture) -> anyhow::Result<Vec<NewPunch>> {
     let tz = ingest::zone(ZONE).context("bundled time zone")?;
-    Ok(fixture
+    fixture
         .records()?
         .into_iter()
         .map(|r| {
-            let (punched_at, flags) = ingest::instant(r.timestamp, &tz);
-            NewPunch {
+            let local = r.timestamp.valid().context("generated records have real times")?;
+            let (punched_at, flags) = ingest::instant(local, &tz);
+            Ok(NewPunch {
                 user_id: r.user_id,
                 uid: i32::from(r.uid),
-                local_time: r.timestamp,
+                local_time: local,
                 punched_at,
                 status: i16::from(r.status),
                 punch: i16::from(r.punch),
                 flags,
-            }
+            })
         })
-        .collect())
+        .collect()
 }

@@ -53,6 +53,47 @@ impl TestDb {
     }
 }
 
+/// The trigger that makes the database refuse punches (see [`TestDb::refuse_punches`]).
+const REFUSE_SQLITE: &str = "CREATE TRIGGER IF NOT EXISTS essl_test_refuse BEFORE INSERT ON essl_attendance \
+    BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;";
+const ACCEPT_SQLITE: &str = "DROP TRIGGER IF EXISTS essl_test_refuse;";
+const REFUSE_POSTGRES: &str = "CREATE OR REPLACE FUNCTION essl_test_refuse() RETURNS trigger LANGUAGE plpgsql AS \
+    $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$; \
+    DROP TRIGGER IF EXISTS essl_test_refuse ON essl_attendance; \
+    CREATE TRIGGER essl_test_refuse BEFORE INSERT ON essl_attendance \
+    FOR EACH STATEMENT EXECUTE FUNCTION essl_test_refuse();";
+const ACCEPT_POSTGRES: &str = "DROP TRIGGER IF EXISTS essl_test_refuse ON essl_attendance;";
+
+impl TestDb {
+    /// Makes the database refuse new attendance rows (`true`), as a database that fails writes would: every batch
+    /// of punches then fails to commit, and the server acknowledges none. `false` accepts them again. The schema
+    /// must exist (a server has started on this database).
+    pub async fn refuse_punches(&self, refuse: bool) {
+        let sql = match (self.backend, refuse) {
+            (Backend::Sqlite, true) => REFUSE_SQLITE,
+            (Backend::Sqlite, false) => ACCEPT_SQLITE,
+            (Backend::Postgres, true) => REFUSE_POSTGRES,
+            (Backend::Postgres, false) => ACCEPT_POSTGRES,
+        };
+        self.execute(sql).await;
+    }
+
+    /// Runs SQL on the test database behind the server's back (e.g. rows lost, as in a restore from an old
+    /// backup). Statements separated by `;`.
+    pub async fn execute(&self, sql: &'static str) {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url).await.expect("the test database opens");
+                sqlx::raw_sql(sql).execute(&mut conn).await.expect("SQL runs");
+            }
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.url).await.expect("the test database connects");
+                sqlx::raw_sql(sql).execute(&mut conn).await.expect("SQL runs");
+            }
+        }
+    }
+}
+
 /// The same server URL with another database name.
 fn replace_db(url: &str, name: &str) -> String {
     let (base, query) = match url.split_once('?') {

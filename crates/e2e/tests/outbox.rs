@@ -318,6 +318,7 @@ async fn a_batch_delivered_twice_is_stored_once(db: TestDb) {
             local_time: format!("2025-11-24T09:00:0{i}"),
             status: 1,
             punch: 0,
+            raw_time: None,
         })
         .collect();
     let batch = essl_wire::AgentMsg::Punches { batch: 7, device: o.device.clone(), request: None, records };

@@ -92,9 +92,65 @@ mod tests {
         assert_eq!(seen_by_old, OldResult::Synced { records: 0, batches: 0 });
     }
 
+    /// `Punch.raw_time` is new: punches of older agents (and of the outbox they left) still decode, a valid punch
+    /// is encoded exactly as before, and an older server decodes an invalid-time punch (storing its placeholder).
+    #[test]
+    fn punch_raw_time_is_backward_compatible() {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        struct OldPunch {
+            uid: u16,
+            user_id: String,
+            local_time: String,
+            status: u8,
+            punch: u8,
+        }
+        let old =
+            OldPunch { uid: 1, user_id: "7".into(), local_time: "2025-11-24T09:01:02".into(), status: 1, punch: 0 };
+        let old_bytes = rmp_serde::to_vec_named(&old).expect("encodes");
+        let new: Punch = rmp_serde::from_slice(&old_bytes).expect("decodes");
+        assert_eq!(new.raw_time, None);
+        assert_eq!(rmp_serde::to_vec_named(&new).expect("encodes"), old_bytes, "a valid punch is encoded as before");
+        let corrupt =
+            Punch { raw_time: Some(583_804_800), local_time: crate::invalid_time_placeholder(583_804_800), ..new };
+        let seen_by_old: OldPunch = rmp_serde::from_slice(&rmp_serde::to_vec_named(&corrupt).expect("encodes"))
+            .expect("an old server decodes it");
+        assert_eq!(seen_by_old.local_time, "1018-07-03T00:00:00");
+        let json: Punch = serde_json::from_str(r#"{"uid":1,"user_id":"7","local_time":"x","status":1,"punch":0}"#)
+            .expect("an outbox row written before raw_time reads back");
+        assert_eq!(json.raw_time, None);
+    }
+
+    /// `Reachability.outbox` is new: an older agent's report still decodes, and an older server decodes a newer
+    /// agent's report (ignoring the fill).
+    #[test]
+    fn reachability_outbox_is_backward_compatible() {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        enum OldAgentMsg {
+            Reachability { reports: Vec<Reach> },
+        }
+        let reports = vec![Reach {
+            device: "d".into(),
+            reachable: true,
+            rtt_us: Some(150),
+            checked_at_ms: 1_700_000_000_000,
+            error: None,
+        }];
+        let old = rmp_serde::to_vec_named(&OldAgentMsg::Reachability { reports: reports.clone() }).expect("encodes");
+        assert_eq!(
+            decode_agent(&old).expect("decodes"),
+            AgentMsg::Reachability { reports: reports.clone(), outbox: None }
+        );
+        let fill = OutboxFill { bytes: 900_000, limit_bytes: 1 << 20, pending_records: 8_000, pending_batches: 2 };
+        let new =
+            encode_agent(&AgentMsg::Reachability { reports: reports.clone(), outbox: Some(fill) }).expect("encodes");
+        let seen_by_old: OldAgentMsg = rmp_serde::from_slice(&new).expect("an old server decodes it");
+        assert_eq!(seen_by_old, OldAgentMsg::Reachability { reports });
+    }
+
     #[test]
     fn negotiation() {
-        assert_eq!(negotiate(1, 1), Some(1));
+        assert_eq!(negotiate(1, 1), Some(1), "an agent of protocol 1 is still served");
+        assert_eq!(negotiate(1, 2), Some(2));
         assert_eq!(negotiate(1, 9), Some(PROTOCOL_VERSION));
         assert_eq!(negotiate(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 3), None);
         assert_eq!(negotiate(0, 0), None);

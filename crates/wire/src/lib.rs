@@ -5,7 +5,14 @@
 //! - The server sends [`ServerMsg::Request`]s for device work; the agent answers each with one
 //!   [`AgentMsg::Response`], optionally preceded by [`AgentMsg::Progress`] and, for attendance, by
 //!   [`AgentMsg::Punches`] batches that the server acknowledges with [`ServerMsg::Ack`] once committed.
-//! - The agent reports [`AgentMsg::Reachability`] of its site's devices periodically: the routing table.
+//! - The agent reports [`AgentMsg::Reachability`] of its site's devices periodically: the routing table (and its
+//!   heartbeat, with the outbox's fill).
+//!
+//! Versions: fields are added as optional (`#[serde(default)]`), which peers of the same protocol version ignore
+//! or miss harmlessly; a new message, variant or meaning needs a new protocol version, and each side sends it only
+//! to a peer that negotiated that version (`negotiate`). Protocol 2 adds `Op::ClearAttendance { sync_first }`
+//! (the confirmed clear), `AgentMsg::ConfirmStored`, `ServerMsg::Stored`, `OpResult::Cleared` and
+//! `ErrorKind::NotConfirmed`.
 //!
 //! Decoding is bounded by [`MAX_MESSAGE_BYTES`] and never panics; an undecodable message is an error for the
 //! caller to close that one connection with.
@@ -13,12 +20,16 @@
 pub mod close;
 mod codec;
 mod messages;
+mod time;
 
 pub use codec::{WireError, decode_agent, decode_server, encode_agent, encode_server};
 pub use messages::*;
+pub use time::{invalid_time_placeholder, raw_of_placeholder};
 
 /// The protocol version this build speaks best.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The first protocol version with the confirmed clear of a terminal's log (`Op::ClearAttendance`).
+pub const CLEAR_PROTOCOL_VERSION: u16 = 2;
 /// The oldest protocol version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// Largest encoded message accepted (also the WebSocket frame limit).

@@ -12,10 +12,29 @@ pub enum AgentMsg {
     Response { id: u64, outcome: Outcome },
     /// Progress of a long request (bytes or records done of total).
     Progress { id: u64, done: u64, total: u64 },
-    /// Probe results for the site's devices.
-    Reachability { reports: Vec<Reach> },
+    /// Probe results for the site's devices, sent every probe interval: the agent's heartbeat. `outbox` is the
+    /// fill of its outbox (optional: older agents leave it out, older servers ignore it).
+    Reachability {
+        reports: Vec<Reach>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outbox: Option<OutboxFill>,
+    },
     /// Attendance records of one device, to be stored and then acknowledged with `Ack { batch }`.
     Punches { batch: u64, device: String, request: Option<u64>, records: Vec<Punch> },
+    /// Protocol 2, during `ClearAttendance` request `id`: the terminal is held and every record on it is
+    /// acknowledged; does the server's database hold them? Answered with [`ServerMsg::Stored`]; the agent clears
+    /// the terminal only on `confirmed: true`.
+    ConfirmStored {
+        id: u64,
+        /// Records on the terminal.
+        records: u64,
+        /// Of those, distinct (local time, user id) pairs: the server's unique key, so the most rows it can hold.
+        keys: u64,
+        /// The earliest and latest `local_time` among them (placeholders of invalid times included); `None` for
+        /// an empty log.
+        first_local_time: Option<String>,
+        last_local_time: Option<String>,
+    },
 }
 
 /// Server to agent.
@@ -31,6 +50,8 @@ pub enum ServerMsg {
     DevicesChanged { devices: Vec<DeviceSpec> },
     /// The batch is committed to the database; the agent may forget it.
     Ack { batch: u64 },
+    /// Protocol 2: the answer to [`AgentMsg::ConfirmStored`] for request `id`; `reason` says why not.
+    Stored { id: u64, confirmed: bool, reason: Option<String> },
 }
 
 /// How to reach one terminal.
@@ -60,8 +81,12 @@ pub enum Op {
     GetTime,
     /// Set the terminal's clock (its local wall-clock time).
     SetTime { local_time: String },
-    /// Delete every attendance record on the terminal.
-    ClearAttendance,
+    /// Protocol 2: delete every attendance record on the terminal, only if every one of them is stored. The agent
+    /// holds the terminal (disabled: it takes no punches), reads its log, makes sure every record is acknowledged
+    /// (with `sync_first`, sending what is not and waiting for the acks; without, refusing at once), asks the server
+    /// to confirm (`ConfirmStored` / `Stored`), clears, and always enables the terminal again. Answered with
+    /// `OpResult::Cleared` or `ErrorKind::NotConfirmed`. Servers send it only to agents that speak protocol 2.
+    ClearAttendance { sync_first: bool },
 }
 
 /// Result of a request.
@@ -97,6 +122,10 @@ pub enum OpResult {
         local_time: String,
     },
     Done,
+    /// Protocol 2: the terminal's log is cleared; it held `records`, every one of them stored.
+    Cleared {
+        records: u64,
+    },
 }
 
 /// Why a request failed.
@@ -116,6 +145,9 @@ pub enum ErrorKind {
     UnknownDevice,
     Cancelled,
     Internal,
+    /// Protocol 2: a `ClearAttendance` refused because not every record on the terminal is confirmed stored; the
+    /// message says why. Nothing was cleared.
+    NotConfirmed,
 }
 
 /// One attendance record as the terminal stores it.
@@ -123,10 +155,16 @@ pub enum ErrorKind {
 pub struct Punch {
     pub uid: u16,
     pub user_id: String,
-    /// Terminal wall-clock time, `YYYY-MM-DDTHH:MM:SS`.
+    /// Terminal wall-clock time, `YYYY-MM-DDTHH:MM:SS`; for a record whose time field is no date, the placeholder
+    /// [`crate::invalid_time_placeholder`] of `raw_time`.
     pub local_time: String,
     pub status: u8,
     pub punch: u8,
+    /// Set only when the terminal's time field is no date (a corrupt record): the packed u32 as stored. Such a
+    /// punch is sent, never dropped; `local_time` then holds the placeholder, so a server that does not know this
+    /// field still stores it once (as a time before 2000, which no terminal can hold). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_time: Option<u32>,
 }
 
 /// One enrolled user.
@@ -151,6 +189,19 @@ pub struct DeviceInfo {
     pub users: i64,
     pub records: i64,
     pub fingerprints: i64,
+}
+
+/// How full the agent's outbox is: what it holds that the server has not acknowledged, against its bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxFill {
+    /// Bytes the outbox file uses.
+    pub bytes: u64,
+    /// Its bound (`outbox_max_mb`): at or above it, new terminal reads are refused (queued ones are kept).
+    pub limit_bytes: u64,
+    /// Records queued, not yet acknowledged by the server.
+    pub pending_records: u64,
+    /// Batches queued.
+    pub pending_batches: u64,
 }
 
 /// One probe result.

@@ -8,8 +8,27 @@ fn text() -> impl Strategy<Value = String> {
 }
 
 fn punch() -> impl Strategy<Value = Punch> {
-    (any::<u16>(), text(), text(), any::<u8>(), any::<u8>())
-        .prop_map(|(uid, user_id, local_time, status, punch)| Punch { uid, user_id, local_time, status, punch })
+    (any::<u16>(), text(), text(), any::<u8>(), any::<u8>(), proptest::option::of(any::<u32>())).prop_map(
+        |(uid, user_id, local_time, status, punch, raw_time)| Punch {
+            uid,
+            user_id,
+            local_time,
+            status,
+            punch,
+            raw_time,
+        },
+    )
+}
+
+fn outbox_fill() -> impl Strategy<Value = OutboxFill> {
+    (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+        |(bytes, limit_bytes, pending_records, pending_batches)| OutboxFill {
+            bytes,
+            limit_bytes,
+            pending_records,
+            pending_batches,
+        },
+    )
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -20,7 +39,7 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Op::DeviceInfo),
         Just(Op::GetTime),
         text().prop_map(|local_time| Op::SetTime { local_time }),
-        Just(Op::ClearAttendance),
+        any::<bool>().prop_map(|sync_first| Op::ClearAttendance { sync_first }),
     ]
 }
 
@@ -33,6 +52,7 @@ fn error_kind() -> impl Strategy<Value = ErrorKind> {
         Just(ErrorKind::UnknownDevice),
         Just(ErrorKind::Cancelled),
         Just(ErrorKind::Internal),
+        Just(ErrorKind::NotConfirmed),
     ]
 }
 
@@ -44,6 +64,7 @@ fn outcome() -> impl Strategy<Value = Outcome> {
         ),
         text().prop_map(|local_time| Outcome::Ok(OpResult::Time { local_time })),
         Just(Outcome::Ok(OpResult::Done)),
+        any::<u64>().prop_map(|records| Outcome::Ok(OpResult::Cleared { records })),
         (error_kind(), text()).prop_map(|(kind, message)| Outcome::Err(OpError { kind, message })),
     ]
 }
@@ -63,7 +84,9 @@ fn agent_msg() -> impl Strategy<Value = AgentMsg> {
             (text(), any::<bool>(), proptest::option::of(any::<u64>()), any::<i64>(), proptest::option::of(text())),
             0..5
         )
-        .prop_map(|v| AgentMsg::Reachability {
+        .prop_flat_map(|v| (Just(v), proptest::option::of(outbox_fill())))
+        .prop_map(|(v, outbox)| AgentMsg::Reachability {
+            outbox,
             reports: v
                 .into_iter()
                 .map(|(device, reachable, rtt_us, checked_at_ms, error)| Reach {
@@ -77,6 +100,14 @@ fn agent_msg() -> impl Strategy<Value = AgentMsg> {
         }),
         (any::<u64>(), text(), proptest::option::of(any::<u64>()), proptest::collection::vec(punch(), 0..20))
             .prop_map(|(batch, device, request, records)| AgentMsg::Punches { batch, device, request, records }),
+        (any::<u64>(), any::<u64>(), any::<u64>(), proptest::option::of(text()), proptest::option::of(text()))
+            .prop_map(|(id, records, keys, first_local_time, last_local_time)| AgentMsg::ConfirmStored {
+                id,
+                records,
+                keys,
+                first_local_time,
+                last_local_time
+            }),
     ]
 }
 
@@ -85,6 +116,8 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
         (any::<u64>(), text(), op()).prop_map(|(id, device, op)| ServerMsg::Request { id, device, op }),
         any::<u64>().prop_map(|id| ServerMsg::Cancel { id }),
         any::<u64>().prop_map(|batch| ServerMsg::Ack { batch }),
+        (any::<u64>(), any::<bool>(), proptest::option::of(text()))
+            .prop_map(|(id, confirmed, reason)| ServerMsg::Stored { id, confirmed, reason }),
         (any::<u16>(), text(), text(), any::<u64>()).prop_map(|(protocol, agent_id, site, probe_interval_ms)| {
             ServerMsg::Welcome {
                 protocol,
@@ -167,7 +200,8 @@ fn oversized_messages_are_refused_both_ways() {
                 user_id: "x".repeat(100),
                 local_time: "2025-01-01T00:00:00".into(),
                 status: 1,
-                punch: 0
+                punch: 0,
+                raw_time: None
             };
             40_000
         ],

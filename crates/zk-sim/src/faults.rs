@@ -15,12 +15,16 @@ pub struct Faults {
     pub cut_bulk_after: Option<u64>,
     /// Stop answering anything at all (the terminal hangs, the socket stays open).
     pub mute: bool,
+    /// Announce no punches: subscribed sessions get no realtime events (as when events are lost on the way), so
+    /// only reads of the log see new punches.
+    pub no_events: bool,
     /// Seed of the fault dice.
     pub seed: u64,
 }
 
 impl Faults {
-    /// Parses `key=value[,key=value...]`: `latency-ms`, `drop`, `corrupt`, `cut-bulk-after`, `mute`, `seed`.
+    /// Parses `key=value[,key=value...]`: `latency-ms`, `drop`, `corrupt`, `cut-bulk-after`, `mute`, `no-events`,
+    /// `seed`.
     pub fn parse(spec: &str) -> Result<Faults, String> {
         let mut f = Faults::default();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -36,10 +40,11 @@ impl Faults {
                 "corrupt" => f.corrupt_rate = prob(value)?,
                 "cut-bulk-after" => f.cut_bulk_after = Some(value.parse().map_err(|_| bad("want a count"))?),
                 "mute" => f.mute = value.parse().map_err(|_| bad("want true or false"))?,
+                "no-events" => f.no_events = value.parse().map_err(|_| bad("want true or false"))?,
                 "seed" => f.seed = value.parse().map_err(|_| bad("want an integer"))?,
                 _ => {
                     return Err(format!(
-                        "unknown fault {key:?} (known: latency-ms, drop, corrupt, cut-bulk-after, mute, seed)"
+                        "unknown fault {key:?} (known: latency-ms, drop, corrupt, cut-bulk-after, mute, no-events, seed)"
                     ));
                 }
             }
@@ -58,6 +63,7 @@ mod tests {
         assert_eq!(f.latency, Duration::from_millis(5));
         assert_eq!(f.drop_rate, 0.1);
         assert_eq!(f.cut_bulk_after, Some(3));
+        assert!(Faults::parse("no-events").expect("valid").no_events);
         assert!(Faults::parse("drop=2").is_err());
         assert!(Faults::parse("explode").is_err());
     }

@@ -5,8 +5,12 @@
 //!  "users":[{"uid":1,"user_id":"1001","name":"..","privilege":0,"password":"","card":0,"group_id":"1"}],
 //!  "attendance":[{"uid":1,"user_id":"1001","timestamp":"2025-11-24T09:01:02","status":1,"punch":0}]}
 //! ```
+//!
+//! A corrupt record (a time field that is no date, as terminals sometimes hold) is written with `raw_time`, the
+//! packed u32 as the terminal stores it, instead of `timestamp`:
+//! `{"uid":1,"user_id":"1001","raw_time":583804800,"status":1,"punch":0}` (31 February 2018).
 
-use essl_zk::attendance::AttendanceRecord;
+use essl_zk::attendance::{AttendanceRecord, RecordTime};
 use essl_zk::user::User;
 use jiff::civil::DateTime;
 use serde::{Deserialize, Serialize};
@@ -52,8 +56,13 @@ pub struct UserFixture {
 pub struct PunchFixture {
     pub uid: u16,
     pub user_id: String,
-    /// `YYYY-MM-DDTHH:MM:SS`, no offset.
+    /// `YYYY-MM-DDTHH:MM:SS`, no offset; empty when `raw_time` is given.
+    #[serde(default)]
     pub timestamp: String,
+    /// The packed time field exactly as the terminal stores it (zk-protocol.md §9.1), used instead of
+    /// `timestamp`: for records whose time is no date (corrupt flash, firmware bugs). Tests hold such records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_time: Option<u32>,
     pub status: u8,
     pub punch: u8,
 }
@@ -63,7 +72,9 @@ pub struct PunchFixture {
 pub enum FixtureError {
     #[error("fixture is not valid JSON of the expected shape: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("attendance[{index}]: bad timestamp {value:?} (want YYYY-MM-DDTHH:MM:SS between 2000 and 2099)")]
+    #[error(
+        "attendance[{index}]: bad timestamp {value:?} (want YYYY-MM-DDTHH:MM:SS between 2000 and 2099, or a raw_time)"
+    )]
     Timestamp { index: usize, value: String },
     #[error("users[{index}]: {what}")]
     User { index: usize, what: String },
@@ -101,11 +112,16 @@ impl Fixture {
             .iter()
             .enumerate()
             .map(|(index, p)| {
+                let timestamp = match p.raw_time {
+                    Some(raw) => RecordTime::from_packed(raw),
+                    None => parse_time(&p.timestamp)
+                        .map(RecordTime::Valid)
+                        .ok_or_else(|| FixtureError::Timestamp { index, value: p.timestamp.clone() })?,
+                };
                 Ok(AttendanceRecord {
                     uid: p.uid,
                     user_id: p.user_id.clone(),
-                    timestamp: parse_time(&p.timestamp)
-                        .ok_or_else(|| FixtureError::Timestamp { index, value: p.timestamp.clone() })?,
+                    timestamp,
                     status: p.status,
                     punch: p.punch,
                 })
@@ -162,12 +178,30 @@ impl From<&User> for UserFixture {
 
 impl From<&AttendanceRecord> for PunchFixture {
     fn from(r: &AttendanceRecord) -> Self {
-        PunchFixture {
-            uid: r.uid,
-            user_id: r.user_id.clone(),
-            timestamp: format_time(r.timestamp),
-            status: r.status,
-            punch: r.punch,
-        }
+        let (timestamp, raw_time) = match r.timestamp {
+            RecordTime::Valid(t) => (format_time(t), None),
+            RecordTime::Invalid(raw) => (String::new(), Some(raw)),
+        };
+        PunchFixture { uid: r.uid, user_id: r.user_id.clone(), timestamp, raw_time, status: r.status, punch: r.punch }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_corrupt_record_is_held_by_its_raw_time() {
+        let json = r#"{"device":{"serial_number":"S","device_name":"D","platform":"P","firmware":"F","mac":"M"},
+            "attendance":[{"uid":1,"user_id":"1","timestamp":"2025-11-24T09:01:02","status":1,"punch":0},
+                          {"uid":2,"user_id":"2","raw_time":583804800,"status":1,"punch":1}]}"#;
+        let f = Fixture::from_json(json).expect("valid fixture");
+        let records = f.records().expect("records");
+        assert_eq!(records[1].timestamp, RecordTime::Invalid(583_804_800));
+        let back: Vec<PunchFixture> = records.iter().map(PunchFixture::from).collect();
+        assert_eq!(back, f.attendance);
+        assert_eq!(Fixture::from_json(&f.to_json()).expect("round trip"), f);
+        let missing = json.replace(r#""raw_time":583804800,"#, "");
+        assert!(matches!(Fixture::from_json(&missing), Err(FixtureError::Timestamp { index: 1, .. })));
     }
 }

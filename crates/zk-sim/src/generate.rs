@@ -62,7 +62,7 @@ pub fn generate(users: usize, records: usize, seed: u64) -> Fixture {
         let record = AttendanceRecord {
             uid,
             user_id,
-            timestamp: t,
+            timestamp: t.into(),
             status: if rng.below(5) == 0 { 15 } else { 1 },
             punch: if t.hour() < 13 { 0 } else { 1 },
         };

@@ -52,7 +52,8 @@ struct Args {
     /// Pause between the frames of a TCP chunk reply, in microseconds.
     #[arg(long, default_value_t = 0)]
     frame_gap_us: u64,
-    /// Faults: latency-ms=N,drop=P,corrupt=P,cut-bulk-after=N,mute,seed=N.
+    /// Faults: latency-ms=N,drop=P,corrupt=P,cut-bulk-after=N,mute,no-events,seed=N (no-events: punches are not
+    /// announced to subscribed sessions).
     #[arg(long, value_parser = Faults::parse)]
     faults: Option<Faults>,
     /// Print what the terminal holds, in the fixture format, and exit.

@@ -191,6 +191,10 @@ impl Terminal {
     /// The terminal's wall-clock time now.
     pub fn now(&self) -> DateTime {
         let offset = self.data().clock_offset;
+        self.now_with(offset)
+    }
+
+    fn now_with(&self, offset: SignedDuration) -> DateTime {
         let now = Timestamp::now().saturating_add(offset).unwrap_or(Timestamp::now());
         // Terminals keep whole seconds.
         let t = TimeZone::UTC.to_datetime(now);
@@ -204,30 +208,56 @@ impl Terminal {
         self.data().clock_offset = offset;
     }
 
-    /// Records a punch as if a user had just put a finger on the sensor: appended to the log and announced to
-    /// every session that subscribed to events. Returns the record.
-    pub fn punch(&self, user_index: usize, status: u8, punch: u8) -> AttendanceRecord {
-        let now = self.now();
+    /// Whether the terminal takes punches: `false` between a client's `CMD_DISABLEDEVICE` and `CMD_ENABLEDEVICE`
+    /// (the terminal shows "working..." and ignores keypad, finger and card).
+    pub fn is_enabled(&self) -> bool {
+        self.data().enabled
+    }
+
+    /// A user trying to punch: like [`Terminal::punch`], but a disabled terminal ignores it (`None`), as a real one
+    /// does; the user tries again later.
+    pub fn try_punch(&self, user_index: usize, status: u8, punch: u8) -> Option<AttendanceRecord> {
+        // One lock for the check and the append: a client's CMD_DISABLEDEVICE lands before or after, never between.
         let mut data = self.data();
+        if !data.enabled {
+            return None;
+        }
+        Some(self.append_punch(&mut data, user_index, status, punch))
+    }
+
+    /// Records a punch as if a user had just put a finger on the sensor: appended to the log and announced to
+    /// every session that subscribed to events. Returns the record. Tests' shortcut: it ignores whether the
+    /// terminal is disabled (see [`Terminal::try_punch`]).
+    pub fn punch(&self, user_index: usize, status: u8, punch: u8) -> AttendanceRecord {
+        let mut data = self.data();
+        self.append_punch(&mut data, user_index, status, punch)
+    }
+
+    fn append_punch(&self, data: &mut Data, user_index: usize, status: u8, punch: u8) -> AttendanceRecord {
+        let now = self.now_with(data.clock_offset);
         let (uid, user_id) = match data.users.get(user_index % data.users.len().max(1)) {
             Some(u) => (u.uid, u.user_id.clone()),
             None => (1, "1".to_owned()),
         };
         // Strictly after the newest record of this user, so (user, time) stays unique even at sub-second rates.
-        let last = data.attendance.iter().rev().take(64).filter(|r| r.user_id == user_id).map(|r| r.timestamp).max();
+        let last = data
+            .attendance
+            .iter()
+            .rev()
+            .take(64)
+            .filter(|r| r.user_id == user_id)
+            .filter_map(|r| r.timestamp.valid())
+            .max();
         let timestamp = match last {
             Some(l) if l >= now => l.saturating_add(SignedDuration::from_secs(1)),
             _ => now,
         };
-        let record = AttendanceRecord { uid, user_id, timestamp, status, punch };
+        let record = AttendanceRecord { uid, user_id, timestamp: timestamp.into(), status, punch };
         data.attendance.push(record.clone());
-        drop(data);
-        let _ = self.shared.events.send(AttendanceEvent {
-            user_id: record.user_id.clone(),
-            status,
-            punch,
-            timestamp: record.timestamp,
-        });
+        if !self.faults().no_events {
+            let _ =
+                self.shared.events.send(AttendanceEvent { user_id: record.user_id.clone(), status, punch, timestamp });
+        }
         record
     }
 

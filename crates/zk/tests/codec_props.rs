@@ -2,7 +2,7 @@
 //! anything is allocated, the TCP frame decoder survives arbitrary read boundaries, every encoder round-trips
 //! through its decoder, and the packet checksum catches every single-bit error.
 
-use essl_zk::attendance::{self, AttendanceRecord, RecordLayout};
+use essl_zk::attendance::{self, AttendanceRecord, RecordLayout, RecordTime};
 use essl_zk::commkey::{make_commkey, verify_commkey};
 use essl_zk::event::{self, AttendanceEvent, EventForm};
 use essl_zk::frame::{self, MAGIC, MAX_PACKET_LEN, PREFIX_LEN};
@@ -57,7 +57,11 @@ fn arb_text(max_bytes: usize) -> impl Strategy<Value = String> {
 }
 
 fn arb_record(layout: RecordLayout) -> BoxedStrategy<AttendanceRecord> {
-    let ts = arb_datetime(2000..=2099);
+    // Mostly real times, sometimes a raw field that is no date (a corrupt record), which must survive as it is.
+    let ts = prop_oneof![
+        4 => arb_datetime(2000..=2099).prop_map(RecordTime::Valid),
+        1 => any::<u32>().prop_filter_map("no date", |v| time::decode_packed(v).is_err().then_some(RecordTime::Invalid(v))),
+    ];
     match layout {
         RecordLayout::Long40 => (any::<u16>(), arb_text(23), ts, any::<u8>(), any::<u8>())
             .prop_map(|(uid, user_id, timestamp, status, punch)| AttendanceRecord {
@@ -595,6 +599,54 @@ proptest! {
             prop_assert_eq!(got_layout, layout);
         }
         prop_assert_eq!(got, records);
+    }
+
+    /// Whatever the record bytes, a well-framed table gives back every record, in order: a time field that is no
+    /// date is kept raw (and written back byte for byte), never a reason to drop the record or the table.
+    #[test]
+    fn decoding_never_drops_a_record_of_a_well_framed_table(
+        (layout, bodies) in proptest::sample::select(ATT_LAYOUTS.to_vec())
+            .prop_flat_map(|l| (Just(l), vec(vec(any::<u8>(), l.size()), 1..40))),
+        hinted in any::<bool>(),
+    ) {
+        let count = bodies.len();
+        let mut table = ((count * layout.size()) as u32).to_le_bytes().to_vec();
+        for b in &bodies {
+            table.extend_from_slice(b);
+        }
+        // With the terminal's record count the layout is known; without it, a size that also divides the table
+        // may be picked, but still no byte of it is dropped.
+        let (got_layout, records) = attendance::decode_table(&table, hinted.then_some(count)).expect("a well-framed table decodes");
+        prop_assert_eq!(records.len() * got_layout.size(), count * layout.size());
+        if hinted {
+            prop_assert_eq!(got_layout, layout);
+            prop_assert_eq!(records.len(), count);
+            let at = match layout {
+                RecordLayout::Short8 => 3,
+                RecordLayout::Medium16 => 4,
+                RecordLayout::Long40 => 27,
+            };
+            for (r, b) in records.iter().zip(&bodies) {
+                let raw = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+                match time::decode_packed(raw) {
+                    Ok(t) => prop_assert_eq!(r.timestamp, RecordTime::Valid(t)),
+                    Err(_) => prop_assert_eq!(r.timestamp, RecordTime::Invalid(raw)),
+                }
+                prop_assert_eq!(r.timestamp.to_packed(), Ok(raw));
+            }
+            // The 8- and 16-byte layouts keep every byte that means something: they re-encode exactly.
+            if layout != RecordLayout::Long40 {
+                let again = attendance::encode_table(layout, &records).expect("re-encodes");
+                let mut want = table.clone();
+                if layout == RecordLayout::Medium16 {
+                    // Bytes 10..16 (reserved, work code) are not kept.
+                    for rec in want[4..].chunks_exact_mut(16) {
+                        rec[10..].fill(0);
+                    }
+                }
+                prop_assert_eq!(again, want);
+            }
+        }
     }
 
     #[test]

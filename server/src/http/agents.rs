@@ -53,6 +53,22 @@ pub struct AgentView {
     pub revoked: bool,
     /// Its latest probe of each device of its site (while connected).
     pub devices: Vec<AgentReach>,
+    /// Its outbox (records read from terminals, not yet stored here), from its latest heartbeat; `null` while it is
+    /// not connected or has not reported yet.
+    pub outbox: Option<AgentOutbox>,
+}
+
+/// An agent's outbox fill. At `limitBytes` the agent refuses new terminal reads (records stay on the terminals);
+/// past 80 % it logs a warning.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentOutbox {
+    /// Bytes the outbox file uses.
+    pub bytes: u64,
+    /// The bound (`outbox_max_mb` of the agent).
+    pub limit_bytes: u64,
+    /// Records queued, not yet acknowledged by the server.
+    pub pending_records: u64,
 }
 
 /// An agent's latest probe of one device.
@@ -104,6 +120,11 @@ async fn agent_view(state: &AppState, a: &Agent) -> Result<AgentView, ApiError> 
         last_seen: presence.as_ref().map(|p| p.last_seen).or(a.last_seen).map(|t| t.to_string()),
         revoked: a.revoked_at.is_some(),
         devices,
+        outbox: presence.as_ref().and_then(|p| p.outbox).map(|o| AgentOutbox {
+            bytes: o.bytes,
+            limit_bytes: o.limit_bytes,
+            pending_records: o.pending_records,
+        }),
     })
 }
 

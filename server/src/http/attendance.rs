@@ -13,6 +13,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiQuery, Caller};
 use super::{List, openapi, validate};
 use crate::app::AppState;
+use crate::ingest::FLAG_INVALID_TIME;
 use crate::store::model::{AttendanceFilter, AttendanceRow, Cursor};
 
 /// Query of `GET /api/attendance`. Unknown parameters are ignored (clients add cache-busters like `_=1732000000`).
@@ -42,7 +43,7 @@ pub struct AttendanceQuery {
     pub format: Option<String>,
 }
 
-/// One punch.
+/// One punch. Records that look wrong are stored and flagged, never dropped: see `flags`.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AttendanceItem {
@@ -51,10 +52,11 @@ pub struct AttendanceItem {
     pub user_id: String,
     /// The terminal's internal user number.
     pub uid: i32,
-    /// The terminal's wall-clock time, no offset.
+    /// The terminal's wall-clock time, no offset. With flag 8 (invalid time) a placeholder: `1000-01-01T00:00:00`
+    /// plus `rawTime` seconds (years 1000-1136, before any time a terminal can hold).
     #[schema(example = "2025-11-24T09:01:02")]
     pub local_time: String,
-    /// The instant, from `localTime` in the device's time zone.
+    /// The instant, from `localTime` in the device's time zone (with flag 8, the placeholder read as UTC).
     #[schema(format = DateTime, example = "2025-11-24T03:31:02Z")]
     pub punched_at: String,
     /// The terminal's verify-type byte (see `verify`).
@@ -63,7 +65,16 @@ pub struct AttendanceItem {
     pub punch: i16,
     /// `status` as a word: `password`, `fingerprint`, `card`, `face` or `other`.
     pub verify: &'static str,
+    /// Bits: 1 ambiguous (the local time occurs twice, clocks went back; the earlier instant was taken),
+    /// 2 nonexistent (the local time was skipped, clocks went forward; shifted forward by the gap),
+    /// 4 future (more than a day ahead of the server's clock when stored), 8 invalid time (the terminal's time field
+    /// is no date, e.g. 31 February or a year past 2099: kept with its raw value, see `rawTime`),
+    /// 16 unknown user (`userId` is not among the users enrolled on the device, as the server knew them when the
+    /// punch was stored).
+    #[schema(example = 0)]
     pub flags: i32,
+    /// With flag 8 only: the terminal's raw time field (the packed u32 of the protocol); `null` otherwise.
+    pub raw_time: Option<u32>,
 }
 
 const MAX_PAGE: u32 = 1_000;
@@ -100,12 +111,19 @@ pub fn verify_label(status: i16) -> &'static str {
     }
 }
 
+/// The raw time field of a row flagged invalid-time, read back from its placeholder local time.
+fn raw_time(flags: i32, local_time: &str) -> Option<u32> {
+    (flags & FLAG_INVALID_TIME != 0).then(|| essl_wire::raw_of_placeholder(local_time)).flatten()
+}
+
 fn item(r: &AttendanceRow) -> AttendanceItem {
+    let local_time = r.local_time.strftime("%Y-%m-%dT%H:%M:%S").to_string();
     AttendanceItem {
         device_id: r.device_id,
         user_id: r.user_id.clone(),
         uid: r.uid,
-        local_time: r.local_time.strftime("%Y-%m-%dT%H:%M:%S").to_string(),
+        raw_time: raw_time(r.flags, &local_time),
+        local_time,
         punched_at: r.punched_at.to_string(),
         status: r.status,
         punch: r.punch,
@@ -174,19 +192,21 @@ pub async fn list(
     let page = state.store.list_attendance(&filter).await?;
     let next = page.next.as_ref().map(encode_cursor);
     if csv {
-        let mut out = String::from("deviceId,userId,uid,localTime,punchedAt,status,punch,verify,flags\n");
+        let mut out = String::from("deviceId,userId,uid,localTime,punchedAt,status,punch,verify,flags,rawTime\n");
         for r in &page.rows {
+            let local_time = r.local_time.strftime("%Y-%m-%dT%H:%M:%S").to_string();
             out.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{},{},{},{}\n",
                 r.device_id,
                 csv_field(&r.user_id),
                 r.uid,
-                r.local_time.strftime("%Y-%m-%dT%H:%M:%S"),
+                local_time,
                 r.punched_at,
                 r.status,
                 r.punch,
                 verify_label(r.status),
-                r.flags
+                r.flags,
+                raw_time(r.flags, &local_time).map(|v| v.to_string()).unwrap_or_default()
             ));
         }
         let mut resp = (
@@ -216,6 +236,15 @@ mod tests {
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(csv_field("=cmd|' /C calc'!A0"), "'=cmd|' /C calc'!A0");
+    }
+
+    #[test]
+    fn raw_time_only_for_flagged_placeholders() {
+        let placeholder = essl_wire::invalid_time_placeholder(583_804_800);
+        assert_eq!(raw_time(FLAG_INVALID_TIME, &placeholder), Some(583_804_800));
+        assert_eq!(raw_time(FLAG_INVALID_TIME | 16, &placeholder), Some(583_804_800));
+        assert_eq!(raw_time(0, &placeholder), None);
+        assert_eq!(raw_time(FLAG_INVALID_TIME, "2025-11-24T09:01:02"), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Admin, ApiJson, Caller};
+use super::extract::{Admin, ApiJson, Caller, OptionalJson};
 use super::validate;
 use super::{List, openapi};
 use crate::app::AppState;
@@ -381,4 +381,73 @@ pub async fn delete(
     state.store.delete_device(id).await?;
     state.notify_site(device.site_id).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Body of `POST /api/devices/{id}/clear-attendance`; optional. Unknown fields are refused (422).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClearAttendance {
+    /// `true` (the default): records on the terminal the cloud does not hold yet are sent first, and the clear
+    /// goes on once they are stored. `false`: refused at once (409) unless every record is already stored.
+    #[schema(nullable = false)]
+    pub sync_first: Option<bool>,
+}
+
+/// The answer of a clear.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Cleared {
+    /// Records the terminal held, every one stored before it was cleared.
+    pub cleared: u64,
+}
+
+/// Deletes the attendance log on the terminal, only if every record of it is stored in this database
+/// (`POST /api/devices/{id}/clear-attendance`, admin).
+#[utoipa::path(
+    post,
+    path = "/api/devices/{id}/clear-attendance",
+    operation_id = "clearAttendance",
+    tag = "devices",
+    description = "Clears the terminal's attendance log so that no punch is lost. An agent of the device's site \
+        holds the terminal (disabled: it takes no punches meanwhile), reads its log, makes sure every record is \
+        acknowledged by this server (sending what is not, unless `syncFirst` is false), then this server checks \
+        in its database that it holds at least as many rows of the device in the log's time span as the log has \
+        distinct punches; only then is the log cleared. The terminal takes punches again afterwards, whatever \
+        happened. Needs an agent of protocol 2. Every attempt is written to the device's sync log.",
+    security(("bearer" = []), ("session" = [])),
+    params(("id" = Uuid, Path, description = "Device id")),
+    request_body(content = Option<ClearAttendance>, description = "Optional. Any content type; an empty body is \
+        allowed."),
+    responses(
+        (status = 200, description = "Cleared (admin role): every record the terminal held is stored", body = Cleared),
+        (status = 400, description = "`id` is not a UUID, or malformed JSON", body = ErrorBody),
+        (status = 401, description = openapi::UNAUTHORIZED, body = ErrorBody),
+        (status = 403, description = openapi::FORBIDDEN, body = ErrorBody),
+        (status = 404, description = "No such device", body = ErrorBody),
+        (status = 409, description = "`not_confirmed`: refused, nothing cleared; the message says why (records not \
+            acknowledged by the server, fewer rows in the database than the terminal holds, the outbox full, the \
+            agent too old, the device inactive or a push device)", body = ErrorBody),
+        (status = 413, description = openapi::TOO_LARGE, body = ErrorBody),
+        (status = 422, description = "JSON of the wrong shape, or an unknown field", body = ErrorBody),
+        (status = 502, description = "`device_error`: no agent could do it (terminal unreachable, no agent \
+            connected, a failure on the way); nothing cleared, except that after a timeout a clear already under \
+            way may have completed", body = ErrorBody),
+        (status = 503, description = openapi::UNAVAILABLE, body = ErrorBody),
+    )
+)]
+pub async fn clear_attendance(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<ClearAttendance>,
+) -> Result<Json<Cleared>, ApiError> {
+    let id = validate::uuid("device id", &id)?;
+    let device = state.store.get_device(id).await?.ok_or_else(|| ApiError::not_found("device"))?;
+    match crate::clear::clear_device(&state, &device, caller.id, body.sync_first.unwrap_or(true)).await {
+        Ok(cleared) => Ok(Json(Cleared { cleared })),
+        Err(crate::clear::ClearError::NotConfirmed(why)) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "not_confirmed", why))
+        }
+        Err(crate::clear::ClearError::Failed(why)) => Err(ApiError::new(StatusCode::BAD_GATEWAY, "device_error", why)),
+        Err(crate::clear::ClearError::Store(e)) => Err(e.into()),
+    }
 }

@@ -22,7 +22,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: `bad_request` (400), `unauthorized` (401), `forbidden` (403), `not_found` (404),
-    /// `conflict` (409), `too_large` (413), `unsupported_media_type` (415), `invalid` (422), `internal` (500),
+    /// `conflict` (409), `not_confirmed` (409: a clear refused, nothing cleared), `too_large` (413), `unsupported_media_type` (415), `invalid` (422), `internal` (500),
     /// `device_error` (502), `unavailable` (503).
     pub code: &'static str,
     /// For people; may change between versions.

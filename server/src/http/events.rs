@@ -23,7 +23,8 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Live events (`GET /api/events`, `text/event-stream`), each an SSE `event:` name with JSON `data:`:
 /// `agent.connected` / `agent.disconnected` `{agentId}`; `device.reachability` `{deviceId, agentId, reachable}`;
 /// `sync.progress` `{deviceId, done, total}`; `sync.finished` `{deviceId, syncId, status, recordsSynced}`;
-/// `punches.stored` `{deviceId, inserted}`; `resync` `{missed}` when this client fell behind and should reload
+/// `punches.stored` `{deviceId, inserted}`; `agent.outbox` `{agentId, bytes, limitBytes}` (an agent's queue of
+/// punches not yet stored here, when it changes); `resync` `{missed}` when this client fell behind and should reload
 /// what it shows. A `: keep-alive` comment comes every 15 s. The stream ends when the server shuts down, and within
 /// a minute of its session or token ending; browsers' `EventSource` reconnects by itself.
 #[utoipa::path(
@@ -117,6 +118,9 @@ fn to_sse(event: &HubEvent) -> Option<Event> {
                 "recordsSynced": records_synced,
             }),
         ),
+        HubEvent::OutboxFill { agent_id, bytes, limit_bytes } => {
+            named("agent.outbox", json!({ "agentId": agent_id, "bytes": bytes, "limitBytes": limit_bytes }))
+        }
         // Every batch, repeats included: for tests and metrics, not for people.
         HubEvent::BatchCommitted { .. } => return None,
     };

@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use super::error::ErrorBody;
 use super::openapi;
 use crate::app::AppState;
+use crate::metrics::AgentFigures;
 
 /// The answer of `/healthz`.
 #[derive(Debug, Serialize, ToSchema)]
@@ -74,7 +75,9 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     tag = "health",
     security(("bearer" = []), ("session" = [])),
     responses(
-        (status = 200, description = "Prometheus metrics (OpenMetrics text format); any role",
+        (status = 200, description = "Prometheus metrics (OpenMetrics text format); any role. Per connected \
+            agent (label `agent`, its id), from its latest heartbeat: `essl_agent_outbox_bytes`, \
+            `essl_agent_outbox_limit_bytes`, `essl_agent_outbox_pending_records`",
             content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String),
         (status = 401, description = openapi::UNAUTHORIZED, body = ErrorBody),
         (status = 503, description = openapi::UNAVAILABLE, body = ErrorBody),
@@ -84,9 +87,10 @@ pub async fn metrics(
     State(state): State<AppState>,
     _caller: crate::http::extract::Caller,
 ) -> impl axum::response::IntoResponse {
-    state.metrics.agents_connected.set(i64::try_from(state.hub.presences().len()).unwrap_or(i64::MAX));
+    let agents: Vec<AgentFigures> =
+        state.hub.presences().into_iter().map(|p| AgentFigures { agent_id: p.agent_id, outbox: p.outbox }).collect();
     (
         [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        state.metrics.render(),
+        state.metrics.render_with_agents(&agents),
     )
 }

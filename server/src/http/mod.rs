@@ -52,6 +52,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(seed::sync_status))
         .routes(routes!(devices::create, devices::list))
         .routes(routes!(devices::get, devices::update, devices::delete))
+        .routes(routes!(devices::clear_attendance))
         .routes(routes!(agents::create, agents::list))
         .routes(routes!(agents::revoke))
         .routes(routes!(attendance::list))

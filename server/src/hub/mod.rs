@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use essl_wire::{ErrorKind, Op, OpResult, Outcome, Reach, ServerMsg};
+use essl_wire::{ErrorKind, Op, OpResult, OutboxFill, Outcome, Reach, ServerMsg};
 use jiff::Timestamp;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -68,8 +68,12 @@ pub struct AgentPresence {
     pub version: String,
     pub hostname: String,
     pub os: String,
+    /// The protocol version negotiated at `Hello` (what the hub may ask of this agent).
+    pub protocol: u16,
     pub connected_since: Timestamp,
     pub last_seen: Timestamp,
+    /// The fill of its outbox, from its latest heartbeat (`None` until one says).
+    pub outbox: Option<OutboxFill>,
 }
 
 /// One agent's latest probe of one device.
@@ -121,6 +125,13 @@ pub enum HubEvent {
         /// Rows it stored.
         records_synced: u64,
     },
+    /// An agent's outbox fill changed (from its heartbeat): what it holds that is not yet stored here, against its
+    /// bound. A dashboard shows it as the SSE event `agent.outbox`.
+    OutboxFill {
+        agent_id: Uuid,
+        bytes: u64,
+        limit_bytes: u64,
+    },
 }
 
 /// What goes to a connection's writer.
@@ -133,6 +144,8 @@ pub(crate) enum Outbound {
 /// A request waiting for its response.
 pub(crate) struct Pending {
     device_id: Uuid,
+    /// A `ClearAttendance`: the agent will ask the hub to confirm what is stored (`ConfirmStored`).
+    clear: bool,
     done: oneshot::Sender<Outcome>,
     /// Punches stored for this request so far: (records received, rows new to the database).
     stored: Arc<(AtomicU64, AtomicU64)>,
@@ -181,6 +194,10 @@ pub enum CallError {
     Timeout(Duration),
     #[error("the agent disconnected during the request")]
     AgentGone,
+    #[error(
+        "the agents of this device's site speak protocol {have} at most; this needs protocol {needed}: upgrade the agent"
+    )]
+    Outdated { have: u16, needed: u16 },
 }
 
 impl CallError {
@@ -358,6 +375,20 @@ impl Hub {
         }
     }
 
+    /// Records an agent's outbox fill from its heartbeat; emits [`HubEvent::OutboxFill`] when the bytes or the
+    /// bound changed.
+    pub(crate) fn record_outbox(&self, agent_id: Uuid, fill: OutboxFill) {
+        let changed = {
+            let mut state = self.state();
+            let Some(conn) = state.conns.get_mut(&agent_id) else { return };
+            let before = conn.presence.outbox.replace(fill);
+            before.is_none_or(|b| (b.bytes, b.limit_bytes) != (fill.bytes, fill.limit_bytes))
+        };
+        if changed {
+            self.emit(HubEvent::OutboxFill { agent_id, bytes: fill.bytes, limit_bytes: fill.limit_bytes });
+        }
+    }
+
     /// Latest probe reports for a device, by agent.
     pub fn reachability(&self, device_id: Uuid) -> Vec<Reachability> {
         self.state().reach.get(&device_id).map(|m| m.values().cloned().collect()).unwrap_or_default()
@@ -397,15 +428,33 @@ impl Hub {
         }
     }
 
-    /// Fails a pending request from the server side (e.g. its punches could not be stored).
-    pub(crate) fn fail(&self, agent_id: Uuid, request: u64, kind: ErrorKind, message: String) {
-        self.complete(agent_id, request, Outcome::Err(essl_wire::OpError { kind, message }));
+    /// Fails a pending request from the server side because its punches could not be stored: the caller gets
+    /// `kind` (`NotConfirmed` for a clear, whatever `kind` says), and the agent is told to stop (`Cancel`), so a
+    /// clear lets the terminal go at once instead of holding it until its own wait runs out.
+    pub(crate) fn fail_storage(&self, agent_id: Uuid, request: u64, kind: ErrorKind, message: String) {
+        let (pending, tx) = {
+            let mut state = self.state();
+            let Some(conn) = state.conns.get_mut(&agent_id) else { return };
+            (conn.pending.remove(&request), conn.tx.clone())
+        };
+        let Some(p) = pending else {
+            tracing::debug!(%agent_id, request, "storage failure for an unknown or abandoned request");
+            return;
+        };
+        let (kind, message) = if p.clear {
+            (ErrorKind::NotConfirmed, format!("the server could not store this terminal's records ({message})"))
+        } else {
+            (kind, message)
+        };
+        let _ = p.done.send(Outcome::Err(essl_wire::OpError { kind, message }));
+        let _ = tx.try_send(Outbound::Msg(ServerMsg::Cancel { id: request }));
     }
 
     /// Runs `op` on `device` through the best connected agent of its site, retrying once on the next candidate
     /// when the first cannot reach the device.
     pub async fn call(&self, device: &Device, op: Op, timeout: Duration) -> Result<CallResult, CallError> {
-        let candidates = self.candidates(device);
+        let needed = min_protocol(&op);
+        let candidates = self.candidates(device, needed)?;
         if candidates.is_empty() {
             return Err(CallError::NoAgent);
         }
@@ -423,15 +472,30 @@ impl Hub {
         Err(last)
     }
 
-    fn candidates(&self, device: &Device) -> Vec<Uuid> {
+    /// The site's connected agents that speak protocol `needed`, best first; [`CallError::Outdated`] when agents
+    /// are connected but none speaks it.
+    fn candidates(&self, device: &Device, needed: u16) -> Result<Vec<Uuid>, CallError> {
         let Some(site_id) = device.site_id else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let state = self.state();
+        let of_site: Vec<&Conn> = state.conns.values().filter(|c| c.presence.site_id == site_id).collect();
         let connected: Vec<Uuid> =
-            state.conns.values().filter(|c| c.presence.site_id == site_id).map(|c| c.presence.agent_id).collect();
+            of_site.iter().filter(|c| c.presence.protocol >= needed).map(|c| c.presence.agent_id).collect();
+        if connected.is_empty()
+            && let Some(have) = of_site.iter().map(|c| c.presence.protocol).max()
+        {
+            return Err(CallError::Outdated { have, needed });
+        }
         let reports = state.reach.get(&device.id);
-        routing::order(&connected, reports, Timestamp::now(), self.inner.config.reach_fresh())
+        Ok(routing::order(&connected, reports, Timestamp::now(), self.inner.config.reach_fresh()))
+    }
+
+    /// The device of a pending `ClearAttendance` request of this agent, if `request` is one.
+    pub(crate) fn pending_clear(&self, agent_id: Uuid, request: u64) -> Option<Uuid> {
+        let state = self.state();
+        let pending = state.conns.get(&agent_id)?.pending.get(&request)?;
+        pending.clear.then_some(pending.device_id)
     }
 
     async fn call_agent(
@@ -449,7 +513,8 @@ impl Hub {
             let Some(conn) = state.conns.get_mut(&agent_id) else {
                 return Err(CallError::AgentGone);
             };
-            conn.pending.insert(id, Pending { device_id, done: done_tx, stored: stored.clone() });
+            let clear = matches!(op, Op::ClearAttendance { .. });
+            conn.pending.insert(id, Pending { device_id, clear, done: done_tx, stored: stored.clone() });
             conn.tx.clone()
         };
         let request = ServerMsg::Request { id, device: device_id.to_string(), op };
@@ -482,6 +547,14 @@ impl Hub {
         if let Some(c) = self.state().conns.get_mut(&agent_id) {
             c.pending.remove(&request);
         }
+    }
+}
+
+/// The protocol version an agent must speak to be sent `op`.
+fn min_protocol(op: &Op) -> u16 {
+    match op {
+        Op::ClearAttendance { .. } => essl_wire::CLEAR_PROTOCOL_VERSION,
+        _ => essl_wire::MIN_PROTOCOL_VERSION,
     }
 }
 

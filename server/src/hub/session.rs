@@ -7,6 +7,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use essl_wire::{AgentMsg, DeviceSpec, ServerMsg, close};
 use futures_util::{SinkExt, StreamExt};
 use jiff::Timestamp;
+use jiff::civil::DateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -98,8 +99,10 @@ pub async fn serve(ws: WebSocket, agent: Agent, ctx: SessionCtx) {
         version: agent_version.clone(),
         hostname: hostname.clone(),
         os,
+        protocol,
         connected_since: now,
         last_seen: now,
+        outbox: None,
     };
     let (conn_id, kill) = ctx.hub.register(presence, tx.clone());
     if let Err(error) = ctx.store.touch_agent(agent.id, now, Some(&agent_version), Some(&hostname)).await {
@@ -226,7 +229,10 @@ async fn handle(msg: AgentMsg, agent: &Agent, ctx: &SessionCtx, tx: &mpsc::Sende
                 ctx.hub.emit(HubEvent::SyncProgress { device_id, done, total });
             }
         }
-        AgentMsg::Reachability { reports } => {
+        AgentMsg::Reachability { reports, outbox } => {
+            if let Some(fill) = outbox {
+                ctx.hub.record_outbox(agent.id, fill);
+            }
             let mut own = Vec::with_capacity(reports.len());
             for r in reports {
                 let Ok(device_id) = Uuid::try_parse(&r.device) else { continue };
@@ -235,6 +241,23 @@ async fn handle(msg: AgentMsg, agent: &Agent, ctx: &SessionCtx, tx: &mpsc::Sende
                 }
             }
             ctx.hub.record_reach(agent.id, &own);
+        }
+        AgentMsg::ConfirmStored { id, records, keys, first_local_time, last_local_time } => {
+            let check = StoredCheck { records, keys, first: first_local_time, last: last_local_time };
+            let verdict = match ctx.hub.pending_clear(agent.id, id) {
+                Some(device_id) => confirm_stored(ctx, device_id, &check).await,
+                None => Err("no clear of this terminal is waiting (it timed out or was cancelled)".into()),
+            };
+            if let Err(reason) = &verdict {
+                tracing::warn!(agent_id = %agent.id, request = id, %reason, "clear not confirmed");
+            }
+            let (confirmed, reason) = match verdict {
+                Ok(()) => (true, None),
+                Err(reason) => (false, Some(reason)),
+            };
+            if tx.send(Outbound::Msg(ServerMsg::Stored { id, confirmed, reason })).await.is_err() {
+                return Ok(());
+            }
         }
         AgentMsg::Punches { batch, device, request, records } => {
             let Ok(device_id) = Uuid::try_parse(&device) else { return Err(Violation) };
@@ -251,7 +274,12 @@ async fn handle(msg: AgentMsg, agent: &Agent, ctx: &SessionCtx, tx: &mpsc::Sende
                     // Not acknowledged: the agent keeps the batch and the request fails now rather than later.
                     tracing::error!(%error, %device_id, batch, "cannot load device for punches");
                     if let Some(id) = request {
-                        ctx.hub.fail(agent.id, id, essl_wire::ErrorKind::Internal, "storage unavailable".into());
+                        ctx.hub.fail_storage(
+                            agent.id,
+                            id,
+                            essl_wire::ErrorKind::Internal,
+                            "storage unavailable".into(),
+                        );
                     }
                     return Ok(());
                 }
@@ -274,13 +302,50 @@ async fn handle(msg: AgentMsg, agent: &Agent, ctx: &SessionCtx, tx: &mpsc::Sende
                 Err(error) => {
                     tracing::error!(%error, %device_id, batch, "cannot store punches; batch not acknowledged");
                     if let Some(id) = request {
-                        ctx.hub.fail(agent.id, id, essl_wire::ErrorKind::Internal, format!("storage failed: {error}"));
+                        let message = format!("storage failed: {error}");
+                        ctx.hub.fail_storage(agent.id, id, essl_wire::ErrorKind::Internal, message);
                     }
                 }
             }
         }
     }
     Ok(())
+}
+
+/// The server's own check before an agent clears a terminal: does the database hold, for this device, at least as
+/// many rows between the log's first and last local time as the log has distinct (local time, user) keys?
+async fn confirm_stored(ctx: &SessionCtx, device_id: Uuid, check: &StoredCheck) -> Result<(), String> {
+    if check.keys == 0 {
+        return Ok(());
+    }
+    let (Some(first), Some(last)) = (check.first.as_deref(), check.last.as_deref()) else {
+        return Err("the agent sent no time range for a log that is not empty".into());
+    };
+    let parse =
+        |t: &str| DateTime::strptime("%Y-%m-%dT%H:%M:%S", t).map_err(|_| format!("unreadable local time {t:?}"));
+    let (first, last) = (parse(first)?, parse(last)?);
+    let stored = ctx.store.count_attendance_between(device_id, first, last).await.map_err(|error| {
+        tracing::error!(%error, %device_id, "cannot count the stored punches for a clear");
+        "the database could not be asked".to_owned()
+    })?;
+    if u64::try_from(stored).unwrap_or(0) >= check.keys {
+        tracing::info!(%device_id, stored, keys = check.keys, records = check.records, "clear confirmed: every record is stored");
+        Ok(())
+    } else {
+        Err(format!(
+            "the database holds {stored} records of this device from {first} to {last}, the terminal {} (not all are \
+             stored)",
+            check.keys
+        ))
+    }
+}
+
+/// What an agent's `ConfirmStored` says.
+struct StoredCheck {
+    records: u64,
+    keys: u64,
+    first: Option<String>,
+    last: Option<String>,
 }
 
 async fn device_in_site(ctx: &SessionCtx, device_id: Uuid, site_id: Uuid) -> bool {

@@ -280,6 +280,19 @@ impl Store {
         dispatch!(self.count_attendance(device_id))
     }
 
+    /// Punches stored for the device whose local time is within `first..=last` (the terminal's wall clock).
+    #[tracing::instrument(skip_all, fields(device_id = %device_id))]
+    pub async fn count_attendance_between(
+        &self,
+        device_id: Uuid,
+        first: jiff::civil::DateTime,
+        last: jiff::civil::DateTime,
+    ) -> Result<i64, StoreError> {
+        check::local_time(first)?;
+        check::local_time(last)?;
+        dispatch!(self.count_attendance_between(device_id, first, last))
+    }
+
     /// The device's punch with the latest `punched_at`.
     #[tracing::instrument(skip_all, fields(device_id = %device_id))]
     pub async fn latest_punch(&self, device_id: Uuid) -> Result<Option<AttendanceRow>, StoreError> {

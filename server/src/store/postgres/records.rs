@@ -133,6 +133,24 @@ impl PgStore {
         Ok(n)
     }
 
+    pub(crate) async fn count_attendance_between(
+        &self,
+        device_id: Uuid,
+        first: jiff::civil::DateTime,
+        last: jiff::civil::DateTime,
+    ) -> Result<i64, StoreError> {
+        let n = sqlx::query_scalar(
+            "SELECT count(*) FROM essl_attendance WHERE device_id = $1 \
+             AND local_time BETWEEN $2::timestamp AND $3::timestamp",
+        )
+        .bind(device_id)
+        .bind(local_to_text(first))
+        .bind(local_to_text(last))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n)
+    }
+
     pub(crate) async fn latest_punch(&self, device_id: Uuid) -> Result<Option<AttendanceRow>, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",

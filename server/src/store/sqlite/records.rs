@@ -117,6 +117,24 @@ impl SqliteStore {
         Ok(n)
     }
 
+    pub(crate) async fn count_attendance_between(
+        &self,
+        device_id: Uuid,
+        first: jiff::civil::DateTime,
+        last: jiff::civil::DateTime,
+    ) -> Result<i64, StoreError> {
+        // The stored text sorts as the time it spells (fixed-width `YYYY-MM-DDTHH:MM:SS`).
+        let n = sqlx::query_scalar(
+            "SELECT count(*) FROM essl_attendance WHERE device_id = $1 AND local_time BETWEEN $2 AND $3",
+        )
+        .bind(device_id.hyphenated())
+        .bind(local_to_text(first))
+        .bind(local_to_text(last))
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(n)
+    }
+
     pub(crate) async fn latest_punch(&self, device_id: Uuid) -> Result<Option<AttendanceRow>, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",
