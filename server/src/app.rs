@@ -24,6 +24,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     pub config: Arc<ServerConfig>,
     pub metrics: Arc<Metrics>,
+    /// Rate limits of the push (ADMS) endpoints.
+    pub push: Arc<crate::push::PushHub>,
 }
 
 /// Settings of a running server.
@@ -35,11 +37,18 @@ pub struct ServerConfig {
     /// Served over TLS: session cookies get the `Secure` flag (behind a TLS proxy, `X-Forwarded-Proto: https`
     /// does the same per request).
     pub tls: bool,
+    /// The push (ADMS / iclock) endpoints.
+    pub push: crate::push::PushConfig,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { hub: HubConfig::default(), grace: Duration::from_secs(20), tls: false }
+        ServerConfig {
+            hub: HubConfig::default(),
+            grace: Duration::from_secs(20),
+            tls: false,
+            push: crate::push::PushConfig::default(),
+        }
     }
 }
 
@@ -48,6 +57,7 @@ impl AppState {
         AppState {
             auth: Auth::new(store.clone()),
             hub: Hub::new(config.hub.clone()),
+            push: Arc::new(crate::push::PushHub::new(&config.push)),
             store,
             shutdown: CancellationToken::new(),
             config: Arc::new(config),
@@ -79,9 +89,11 @@ impl AppState {
         });
     }
 
-    /// Forgets expired dashboard sessions every hour (they are refused anyway; this keeps the table small).
+    /// Forgets expired dashboard sessions and push journal entries past their retention every hour (this keeps
+    /// the tables small).
     fn start_session_sweeper(&self) {
         let store = self.store.clone();
+        let retention = self.config.push.journal_retention;
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(3600));
@@ -94,6 +106,14 @@ impl AppState {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(sessions = n, "expired dashboard sessions forgotten"),
                     Err(error) => tracing::warn!(%error, "cannot forget expired sessions"),
+                }
+                let before = jiff::Timestamp::now()
+                    .checked_sub(jiff::SignedDuration::try_from(retention).unwrap_or(jiff::SignedDuration::MAX))
+                    .unwrap_or(jiff::Timestamp::MIN);
+                match store.prune_journal(before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(entries = n, "old push journal entries forgotten"),
+                    Err(error) => tracing::warn!(%error, "cannot prune the push journal"),
                 }
             }
         });

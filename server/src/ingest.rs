@@ -16,6 +16,13 @@ pub const FLAG_AMBIGUOUS: i32 = 1;
 pub const FLAG_NONEXISTENT: i32 = 2;
 /// Flag: more than a day in the future by the server's clock.
 pub const FLAG_FUTURE: i32 = 4;
+/// Flag: the terminal's time field is no date (a corrupt record). `local_time` is the placeholder
+/// `1000-01-01T00:00:00` + the raw value in seconds (`essl_wire::invalid_time_placeholder`: years 1000-1136, one
+/// time per raw value, so the unique key still holds) and `punched_at` that placeholder read as UTC.
+pub const FLAG_INVALID_TIME: i32 = 8;
+/// Flag: the user id is not among the device's enrolled users (`essl_device_users`); only set when that list is
+/// known (not empty) when the punch is first stored.
+pub const FLAG_UNKNOWN_USER: i32 = 16;
 
 /// What one batch did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
