@@ -311,9 +311,9 @@ async fn run(inner: Arc<Inner>, stop: CancellationToken) {
             let d = if ok { s.delay } else { s.error_delay };
             d.max(inner.config.min_delay)
         };
-        let pending = !inner.state().queries.is_empty() || {
+        let pending = {
             let s = inner.state();
-            s.sent < s.log.len()
+            !s.queries.is_empty() || s.sent < s.log.len()
         };
         if ok && pending {
             continue;
@@ -340,10 +340,9 @@ async fn step(inner: &Inner) -> bool {
         }
         inner.counters.handshakes.fetch_add(1, Ordering::Relaxed);
     }
-    if inner.config.dialect == Dialect::Att && !inner.state().users_sent {
-        if !upload_users(inner).await {
-            return false;
-        }
+    let users_due = inner.config.dialect == Dialect::Att && !inner.state().users_sent;
+    if users_due && !upload_users(inner).await {
+        return false;
     }
     // Query results first, then the backlog and realtime punches, one batch per request.
     loop {
