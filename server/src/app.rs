@@ -24,6 +24,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     pub config: Arc<ServerConfig>,
     pub metrics: Arc<Metrics>,
+    /// Rate limits of the push (ADMS) endpoints.
+    pub push: Arc<crate::push::PushHub>,
 }
 
 /// Settings of a running server.
@@ -37,6 +39,8 @@ pub struct ServerConfig {
     pub tls: bool,
     /// How often a live event stream (`/api/events`) checks that its session or token still holds.
     pub events_recheck: Duration,
+    /// The push (ADMS / iclock) endpoints.
+    pub push: crate::push::PushConfig,
 }
 
 impl Default for ServerConfig {
@@ -46,6 +50,7 @@ impl Default for ServerConfig {
             grace: Duration::from_secs(20),
             tls: false,
             events_recheck: Duration::from_secs(60),
+            push: crate::push::PushConfig::default(),
         }
     }
 }
@@ -55,6 +60,7 @@ impl AppState {
         AppState {
             auth: Auth::new(store.clone()),
             hub: Hub::new(config.hub.clone()),
+            push: Arc::new(crate::push::PushHub::new(&config.push)),
             store,
             shutdown: CancellationToken::new(),
             config: Arc::new(config),
@@ -86,9 +92,11 @@ impl AppState {
         });
     }
 
-    /// Forgets expired dashboard sessions every hour (they are refused anyway; this keeps the table small).
+    /// Forgets expired dashboard sessions and push journal entries past their retention every hour (this keeps
+    /// the tables small).
     fn start_session_sweeper(&self) {
         let store = self.store.clone();
+        let retention = self.config.push.journal_retention;
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(3600));
@@ -101,6 +109,14 @@ impl AppState {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(sessions = n, "expired dashboard sessions forgotten"),
                     Err(error) => tracing::warn!(%error, "cannot forget expired sessions"),
+                }
+                let before = jiff::Timestamp::now()
+                    .checked_sub(jiff::SignedDuration::try_from(retention).unwrap_or(jiff::SignedDuration::MAX))
+                    .unwrap_or(jiff::Timestamp::MIN);
+                match store.prune_journal(before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(entries = n, "old push journal entries forgotten"),
+                    Err(error) => tracing::warn!(%error, "cannot prune the push journal"),
                 }
             }
         });

@@ -6,6 +6,7 @@
 //!   WebSocket.
 //! - [`ingest`]: terminal records to attendance rows (time zones, flags).
 //! - [`store`]: one interface, SQLite and PostgreSQL behind it.
+//! - [`push`]: push (ADMS / iclock) terminals: their HTTP endpoints, parsers, command queue.
 //! - [`auth`]: tokens and callers. [`app`]: state, the serve loop, shutdown.
 //!
 //! The server never speaks the terminal protocol itself: it has no dependency on `essl-zk`.
@@ -17,6 +18,7 @@ pub mod http;
 pub mod hub;
 pub mod ingest;
 pub mod metrics;
+pub mod push;
 pub mod store;
 pub mod sync;
 pub mod tls;

@@ -18,17 +18,27 @@ use crate::store::model::{Device, DeviceKind, ErrorKind, NewSyncAttempt, SyncEnd
 /// Probe budget through the relay: the agent's 3 s with one retry, plus the way there and back.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(8);
 
-/// The devices a seed route acts on: one (by id) or every active pulled device.
+/// The devices a seed route acts on: one (by id) or every active device, pulled and push.
 pub async fn targets(state: &AppState, device_id: Option<Uuid>) -> Result<Vec<Device>, StoreError> {
     match device_id {
         Some(id) => state.store.get_device(id).await?.map(|d| vec![d]).ok_or(StoreError::NotFound),
-        None => Ok(state.store.list_devices(true).await?.into_iter().filter(|d| d.kind == DeviceKind::Pull).collect()),
+        None => Ok(state.store.list_devices(true).await?),
     }
 }
 
-/// Live reachability of each device through its site's agents.
+/// Live reachability of each device: a pulled one through its site's agents, a push one by whether it called
+/// within its poll interval.
 pub async fn check(state: &AppState, devices: &[Device]) -> Vec<bool> {
     join_all(devices.iter().map(|d| async move {
+        if d.kind == DeviceKind::Push {
+            return match crate::push::reachable(state, d).await {
+                Ok(r) => r,
+                Err(error) => {
+                    tracing::warn!(device_id = %d.id, %error, "cannot read when the push terminal last called");
+                    false
+                }
+            };
+        }
         let ok = match state.hub.call(d, Op::Probe, CHECK_TIMEOUT).await {
             Ok(_) => true,
             Err(error) => {
@@ -66,6 +76,9 @@ pub struct Synced {
 
 /// Syncs one device on behalf of `caller`: records the attempt, joins or starts the device read, records the end.
 pub async fn sync_device(state: &AppState, device: Device, caller: Option<Uuid>) -> Result<DeviceSync, StoreError> {
+    if device.kind == DeviceKind::Push {
+        return crate::push::sync(state, device, caller).await;
+    }
     let attempt = state
         .store
         .record_sync(&NewSyncAttempt {

@@ -36,6 +36,17 @@ fn test_config() -> ServerConfig {
     ServerConfig { events_recheck: Duration::from_millis(300), ..ServerConfig::default() }
 }
 
+/// Push (ADMS) timing for tests: terminals poll every second and retry a second after a failure; a command
+/// without a result is sent again after 3 s.
+pub fn test_push() -> essl_server::push::PushConfig {
+    essl_server::push::PushConfig {
+        delay: Duration::from_secs(1),
+        error_delay: Duration::from_secs(1),
+        resend_after: Duration::from_secs(3),
+        ..essl_server::push::PushConfig::default()
+    }
+}
+
 /// A running server.
 pub struct Server {
     pub addr: SocketAddr,
@@ -63,7 +74,10 @@ impl Server {
         let admin = api_token(&store, "admin", Role::Admin).await;
         let staff = api_token(&store, "staff", Role::Staff).await;
         dashboard_users(&store).await;
-        let state = AppState::new(store, ServerConfig { hub, grace: Duration::from_secs(5), ..test_config() });
+        let state = AppState::new(
+            store,
+            ServerConfig { hub, grace: Duration::from_secs(5), push: test_push(), ..test_config() },
+        );
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();
@@ -82,7 +96,13 @@ impl Server {
         dashboard_users(&store).await;
         let state = AppState::new(
             store,
-            ServerConfig { hub: test_hub(), grace: Duration::from_secs(5), tls: true, ..test_config() },
+            ServerConfig {
+                hub: test_hub(),
+                grace: Duration::from_secs(5),
+                tls: true,
+                push: test_push(),
+                ..test_config()
+            },
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");

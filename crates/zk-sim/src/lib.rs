@@ -5,10 +5,12 @@
 //! - [`terminal`]: the state shared by all sessions (data, clock, faults, realtime punches).
 //! - `session`: the protocol state machine of one session, independent of the transport.
 //! - [`server`]: TCP and UDP on one port, fault injection on the way out.
+//! - [`push`]: push (ADMS / iclock) mode: the terminal calls an HTTP server instead of being polled.
 
 pub mod faults;
 pub mod fixture;
 pub mod generate;
+pub mod push;
 mod rng;
 pub mod server;
 mod session;

@@ -101,10 +101,14 @@ pub struct DeviceView {
     pub site: Option<String>,
     pub active: bool,
     pub has_comm_key: bool,
-    /// Whether a connected agent reports the device reachable.
+    /// Whether a connected agent reports the device reachable; for a push device, whether it called within its
+    /// poll interval.
     pub reachable: bool,
-    /// The agents that reach it.
+    /// The agents that reach it (none for a push device).
     pub reachable_via: Vec<DeviceReach>,
+    /// A push device's last call to the server; `null` for pulled devices and push devices never heard from.
+    #[schema(format = DateTime)]
+    pub last_contact: Option<String>,
     /// Start of the latest sync attempt.
     #[schema(format = DateTime)]
     pub last_sync_time: Option<String>,
@@ -146,6 +150,11 @@ pub async fn device_view(state: &AppState, d: &Device) -> Result<DeviceView, Api
         })
         .collect();
     let last = state.store.latest_sync(d.id).await?;
+    let last_seen = match d.kind {
+        DeviceKind::Push => crate::push::last_seen(state, d).await?,
+        DeviceKind::Pull => None,
+    };
+    let push_reachable = d.kind == DeviceKind::Push && crate::push::reachable(state, d).await?;
     Ok(DeviceView {
         id: d.id,
         name: d.name.clone(),
@@ -158,8 +167,9 @@ pub async fn device_view(state: &AppState, d: &Device) -> Result<DeviceView, Api
         site,
         active: d.active,
         has_comm_key: d.comm_key != 0,
-        reachable: !via.is_empty(),
+        reachable: push_reachable || !via.is_empty(),
         reachable_via: via,
+        last_contact: last_seen.map(|t| t.to_string()),
         last_sync_time: last.as_ref().map(|s| s.last_sync_time.to_string()),
         last_sync_status: last.as_ref().map(|s| s.sync_status.as_str()),
         record_count: state.store.count_attendance(Some(d.id)).await?,

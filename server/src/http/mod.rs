@@ -13,6 +13,7 @@ pub mod extract;
 pub mod health;
 pub mod history;
 pub mod openapi;
+pub mod push;
 pub mod seed;
 pub mod session;
 pub mod validate;
@@ -59,19 +60,28 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(history::list))
         .routes(routes!(session::current, session::login, session::logout))
         .routes(routes!(events::events))
+        .routes(routes!(push::terminals))
+        .routes(routes!(push::claim))
+        .routes(routes!(push::secret))
+        .routes(routes!(push::journal))
+        .routes(routes!(push::queue_command, push::list_commands))
 }
 
 /// The server's router: [`routes`], the dashboard's files, our 404 for anything else, the body limit.
 pub fn router(state: AppState) -> Router {
     let (router, _document) = routes().split_for_parts();
-    router
+    let api = router
         .merge(dashboard::routes())
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(refuse_oversized));
+    // The terminals' own endpoints: body limits of their own (per table), not part of the API document.
+    let push = crate::push::routes(&state.config.push);
+    api.merge(push)
         .fallback(|| async { error::ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             error::ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(refuse_oversized))
         .with_state(state)
 }
 

@@ -25,7 +25,8 @@ use crate::store::model::DeviceKind;
             the status that fits. Every route needs a bearer token or the dashboard's session cookie except `/healthz`, \
             `/readyz`, `/openapi.json` and the login itself; with the cookie, state-changing requests also need the \
             session's `X-CSRF-Token` header. The `staff` role may check, sync and read, `admin` also manages \
-            devices and agents. The dashboard (`/`, `/assets/...`) is not part of this document."
+            devices and agents. The dashboard (`/`, `/assets/...`) and the terminals' own push endpoints (`/iclock/...`, \
+            plain-text ADMS protocol) are not part of this document."
     ),
     modifiers(&SecuritySchemes),
     tags(
@@ -33,6 +34,8 @@ use crate::store::model::DeviceKind;
         (name = "devices", description = "Attendance terminals"),
         (name = "agents", description = "Agents on the sites' LANs, and their WebSocket"),
         (name = "attendance", description = "Stored punches"),
+        (name = "push", description = "Push (ADMS) terminals: claiming serials, site secrets, the request journal, \
+            command queues"),
         (name = "health", description = "Liveness, readiness, metrics"),
         (name = "session", description = "Dashboard logins (cookie sessions) and the live event stream"),
         (name = "docs", description = "This document"),

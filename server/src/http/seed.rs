@@ -15,7 +15,7 @@ use crate::app::AppState;
 use crate::store::StoreError;
 use crate::sync;
 
-/// Optional body of the seed's POST routes: no body, `{}` or no `deviceId` means every active pulled device.
+/// Optional body of the seed's POST routes: no body, `{}` or no `deviceId` means every active device, pulled or push.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceSelector {
@@ -40,7 +40,8 @@ pub struct ReachableDevice {
     pub device_id: Uuid,
     pub device_name: String,
     pub ip_address: String,
-    /// Whether a connected agent reached the device just now.
+    /// Whether a connected agent reached the device just now (a push terminal: whether it called within its poll
+    /// interval).
     pub reachable: bool,
 }
 
@@ -184,7 +185,8 @@ pub struct DeviceSyncState {
     pub last_success_records: Option<i32>,
     /// Punches stored for the device.
     pub record_count: i64,
-    /// Whether a connected agent reports the device reachable.
+    /// Whether a connected agent reports the device reachable (a push terminal: whether it called within its poll
+    /// interval).
     pub reachable: bool,
 }
 
@@ -203,7 +205,7 @@ fn not_found_device(e: StoreError) -> ApiError {
     tag = "seed",
     security(("bearer" = []), ("session" = [])),
     request_body(content = Option<DeviceSelector>, description = "Optional: one device, or none for every active \
-        pulled device. Any content type; an empty body is allowed."),
+        device. Any content type; an empty body is allowed."),
     responses(
         (status = 200, description = "Each device probed through the agents of its site (any role)",
             body = CheckDeviceResponse),
@@ -239,7 +241,7 @@ pub async fn check_device(
     tag = "seed",
     security(("bearer" = []), ("session" = [])),
     request_body(content = Option<DeviceSelector>, description = "Optional: one device, or none for every active \
-        pulled device. Any content type; an empty body is allowed."),
+        device. Any content type; an empty body is allowed."),
     responses(
         (status = 200, description = "Synced (`success: true`), or no agent reached any device and this is what is \
             stored (`success: false, deviceUnreachable: true`), as in the seed. Any role; the caller is recorded as \
@@ -371,6 +373,13 @@ pub async fn sync_attendance(
 pub async fn sync_status(State(state): State<AppState>, _caller: Caller) -> Result<Json<SyncStatusResponse>, ApiError> {
     let now = jiff::Timestamp::now();
     let summaries = state.store.device_sync_summaries().await?;
+    // Push terminals are reachable when they called within their poll interval.
+    let mut push_reachable = std::collections::HashSet::new();
+    for d in state.store.list_devices(false).await? {
+        if d.kind == crate::store::model::DeviceKind::Push && crate::push::reachable(&state, &d).await? {
+            push_reachable.insert(d.id);
+        }
+    }
     let devices = summaries
         .into_iter()
         .map(|s| DeviceSyncState {
@@ -383,7 +392,8 @@ pub async fn sync_status(State(state): State<AppState>, _caller: Caller) -> Resu
             last_success_time: s.last_success_time.map(|t| t.to_string()),
             last_success_records: s.last_success_records,
             record_count: s.attendance_count,
-            reachable: state.hub.reachability(s.device_id).iter().any(|r| r.reachable),
+            reachable: push_reachable.contains(&s.device_id)
+                || state.hub.reachability(s.device_id).iter().any(|r| r.reachable),
             device_name: s.device_name,
             ip_address: s.ip_address,
         })

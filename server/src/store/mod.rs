@@ -34,6 +34,9 @@ macro_rules! dispatch {
     };
 }
 
+pub mod push;
+pub use push::{CommandStatus, JournalEntry, NewJournal, PushCommand, PushSeen, PushTerminal, StampTable, TakePolicy};
+
 impl Store {
     /// Opens the database and applies its migrations. `sqlite:PATH`, `sqlite://PATH` (the file is created if
     /// missing) and `sqlite::memory:`; `postgres://` and `postgresql://`.

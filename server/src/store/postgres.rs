@@ -99,6 +99,7 @@ impl PgStore {
 
 mod admin;
 mod logins;
+mod push;
 mod records;
 
 // ---- rows

@@ -126,6 +126,7 @@ impl SqliteStore {
 
 mod admin;
 mod logins;
+mod push;
 mod records;
 
 // ---- rows

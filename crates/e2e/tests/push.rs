@@ -1,0 +1,438 @@
+//! Push (ADMS / iclock) terminals end to end: the simulator in push mode against the real server over real HTTP,
+//! on SQLite and on PostgreSQL. Each scenario ends with the database holding exactly the terminal's punches.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use essl_e2e::*;
+use essl_server::hub::HubEvent;
+use essl_zk_sim::generate;
+use essl_zk_sim::push::{Dialect, PushConfig, PushTerminal};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                let db = TestDb::new(Backend::Sqlite).await.expect("sqlite is always available");
+                super::$name(db).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                let Some(db) = TestDb::new(Backend::Postgres).await else { return };
+                super::$name(db).await;
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    backlog_realtime_and_dropped_acks_store_each_punch_once,
+    server_restart_in_the_middle_of_a_backlog,
+    reupload_command_and_seed_routes,
+    quarantine_until_claimed,
+    user_commands_and_injection,
+    malformed_requests_are_journaled_and_answered,
+);
+
+/// Claims `serial` for site HQ in Asia/Kolkata; answers the device id.
+async fn claim(server: &Server, serial: &str) -> String {
+    let (status, body) = server
+        .post(
+            "/api/push/claim",
+            json!({"serialNumber": serial, "name": serial, "site": "HQ", "timezone": "Asia/Kolkata"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["kind"], "push");
+    body["id"].as_str().expect("device id").to_owned()
+}
+
+fn sim_config(server: &Server, serial: &str) -> PushConfig {
+    let mut c = PushConfig::new(server.addr, serial);
+    c.min_delay = Duration::from_millis(50);
+    c.initial_error_delay = Duration::from_millis(500);
+    c.timeout = Duration::from_secs(5);
+    c
+}
+
+async fn all_attendance(server: &Server, device: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/api/attendance?deviceId={device}&limit=1000");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (status, body) = server.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        out.extend(body["items"].as_array().cloned().unwrap_or_default());
+        match body["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+/// The database holds exactly the terminal's punches (user, local time, verify, state), none twice.
+async fn assert_exactly(server: &Server, device: &str, terminal: &PushTerminal) {
+    let rows = all_attendance(server, device).await;
+    let stored: Vec<(String, String, i64, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["userId"].as_str().unwrap_or_default().to_owned(),
+                r["localTime"].as_str().unwrap_or_default().to_owned(),
+                r["status"].as_i64().unwrap_or(-1),
+                r["punch"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    let set: HashSet<_> = stored.iter().cloned().collect();
+    assert_eq!(set.len(), stored.len(), "a punch is stored twice");
+    let expected: HashSet<_> = terminal
+        .records()
+        .iter()
+        .map(|p| (p.user_id.clone(), p.timestamp.clone(), i64::from(p.status), i64::from(p.punch)))
+        .collect();
+    assert_eq!(set.len(), expected.len(), "stored {} punches, the terminal holds {}", set.len(), expected.len());
+    assert!(set == expected, "the stored punches differ from the terminal's");
+}
+
+async fn wait_until(what: &str, within: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn caught_up(terminal: &PushTerminal, within: Duration) {
+    wait_until("the terminal has uploaded everything", within, async || terminal.caught_up()).await;
+}
+
+async fn backlog_realtime_and_dropped_acks_store_each_punch_once(db: TestDb) {
+    let server = Server::start(&db).await;
+    let device = claim(&server, "CEXJ201260001").await;
+    let mut config = sim_config(&server, "CEXJ201260001");
+    config.batch = 128;
+    config.drop_acks = 0.3;
+    config.crlf = true;
+    config.extra_fields = true;
+    config.gbk = true;
+    config.form_content_type = true;
+    config.seed = 7;
+    let terminal = PushTerminal::start(&generate::generate(30, 1_500, 11), config);
+    caught_up(&terminal, Duration::from_secs(90)).await;
+    let stats = terminal.stats();
+    assert!(stats.acks_dropped > 0, "{stats:?}");
+    assert!(stats.handshakes >= 1, "{stats:?}");
+    assert_exactly(&server, &device, &terminal).await;
+
+    // A realtime punch reaches the event stream (the hub's events, which /api/events serves) within a second.
+    terminal.set_drop_acks(0.0);
+    let mut events = server.events();
+    let started = Instant::now();
+    let p = terminal.punch(3, 15, 0);
+    wait_event(&mut events, Duration::from_secs(1), |e| matches!(e, HubEvent::PunchesStored { inserted: 1, .. })).await;
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    caught_up(&terminal, Duration::from_secs(10)).await;
+    assert_exactly(&server, &device, &terminal).await;
+    let rows = all_attendance(&server, &device).await;
+    let row = rows
+        .iter()
+        .find(|r| r["userId"] == p.user_id.as_str() && r["localTime"] == p.timestamp.as_str())
+        .expect("the punch");
+    // Kolkata is UTC+5:30: the instant is the local time less 5:30; a fresh punch is neither future nor unknown.
+    assert_eq!(row["flags"], 0, "{row}");
+    let local: jiff::civil::DateTime = p.timestamp.parse().expect("local");
+    let instant: jiff::Timestamp = row["punchedAt"].as_str().expect("punchedAt").parse().expect("instant");
+    assert_eq!(
+        jiff::tz::TimeZone::fixed(jiff::tz::offset(0)).to_datetime(instant),
+        local - jiff::SignedDuration::from_mins(330)
+    );
+    terminal.stop().await;
+    server.stop().await;
+}
+
+async fn server_restart_in_the_middle_of_a_backlog(db: TestDb) {
+    let server = Server::start(&db).await;
+    let device = claim(&server, "CEXJ201260002").await;
+    let addr = server.addr;
+    let mut config = sim_config(&server, "CEXJ201260002");
+    config.batch = 40;
+    let terminal = PushTerminal::start(&generate::generate(20, 4_000, 5), config);
+    wait_until("a few batches are acknowledged", Duration::from_secs(30), async || terminal.stats().uploads_acked >= 4)
+        .await;
+    assert!(!terminal.caught_up(), "the backlog must still be going when the server stops");
+    server.stop().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let failures_before = terminal.stats().failures;
+    let server = Server::start_at(&db, test_hub(), addr).await;
+    caught_up(&terminal, Duration::from_secs(120)).await;
+    assert!(terminal.stats().failures > failures_before || terminal.stats().failures > 0, "{:?}", terminal.stats());
+    assert_exactly(&server, &device, &terminal).await;
+    terminal.stop().await;
+    server.stop().await;
+}
+
+async fn command_status(server: &Server, device: &str, id: i64) -> Value {
+    let (status, body) = server.get(&format!("/api/devices/{device}/commands")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["items"].as_array().and_then(|a| a.iter().find(|c| c["id"] == id).cloned()).unwrap_or(Value::Null)
+}
+
+async fn wait_command(server: &Server, device: &str, id: i64, want: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let c = command_status(server, device, id).await;
+        if c["status"] == want {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "command {id} is {c}, not {want}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn reupload_command_and_seed_routes(db: TestDb) {
+    let server = Server::start(&db).await;
+    let device = claim(&server, "CEXJ201260003").await;
+    let terminal = PushTerminal::start(&generate::generate(10, 600, 3), sim_config(&server, "CEXJ201260003"));
+    caught_up(&terminal, Duration::from_secs(60)).await;
+
+    // The terminal uploads the window again: every record a duplicate, none stored twice.
+    let mut events = server.events();
+    let (status, c) = server
+        .post(
+            &format!("/api/devices/{device}/commands"),
+            json!({"type": "reupload", "from": "2025-01-01T00:00:00", "to": "2025-12-31T23:59:59"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{c}");
+    assert_eq!(c["command"], "DATA QUERY ATTLOG StartTime=2025-01-01 00:00:00\tEndTime=2025-12-31 23:59:59");
+    let id = c["id"].as_i64().expect("id");
+    wait_command(&server, &device, id, "ok").await;
+    wait_event(
+        &mut events,
+        Duration::from_secs(20),
+        |e| matches!(e, HubEvent::BatchCommitted { records, inserted: 0, .. } if *records > 0),
+    )
+    .await;
+    caught_up(&terminal, Duration::from_secs(30)).await;
+    assert_exactly(&server, &device, &terminal).await;
+
+    // INFO lands in the command and in what the terminal list shows.
+    let (_, c) = server.post(&format!("/api/devices/{device}/commands"), json!({"type": "info"})).await;
+    let done = wait_command(&server, &device, c["id"].as_i64().expect("id"), "ok").await;
+    assert!(done["result"].as_str().unwrap_or_default().contains("TransactionCount=600"), "{done}");
+    let (_, list) = server.get("/api/push/terminals").await;
+    let t = list["items"]
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["serialNumber"] == "CEXJ201260003").cloned())
+        .expect("listed");
+    assert_eq!(t["status"], "claimed");
+    assert_eq!(t["info"]["DeviceName"], "essl-sim push", "{t}");
+
+    // The seed's routes treat it like any device: reachable while it polls, sync queues a re-upload.
+    let (status, body) = server.post("/api/essl/check-device", json!({"deviceId": device})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["reachableDevices"][0]["reachable"], true, "{body}");
+    let (status, body) = server.post("/api/essl/sync-attendance", json!({"deviceId": device})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["success"], true, "{body}");
+    assert_eq!(body["stats"]["recordsRead"], 600, "{body}");
+    let (_, cmds) = server.get(&format!("/api/devices/{device}/commands")).await;
+    assert_eq!(cmds["items"][0]["kind"], "reupload", "{cmds}");
+    let (_, st) = server.get("/api/essl/sync-status").await;
+    let mine = st["devices"]
+        .as_array()
+        .and_then(|a| a.iter().find(|d| d["deviceId"] == device.as_str()).cloned())
+        .expect("listed");
+    assert_eq!(mine["reachable"], true, "{mine}");
+    assert_eq!(mine["recordCount"], 600, "{mine}");
+    let (_, history) = server.get(&format!("/api/sync-history?deviceId={device}")).await;
+    assert!(
+        history["items"].as_array().is_some_and(|h| h.len() >= 2),
+        "uploads and the sync are in the history: {history}"
+    );
+    caught_up(&terminal, Duration::from_secs(30)).await;
+    assert_exactly(&server, &device, &terminal).await;
+
+    // A stopped terminal is unreachable after its poll interval; the sync answers with the cached data.
+    terminal.stop().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, body) = server.post("/api/essl/check-device", json!({"deviceId": device})).await;
+        if body["reachableDevices"][0]["reachable"] == false {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still reachable: {body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (status, body) = server.post("/api/essl/sync-attendance", json!({"deviceId": device})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["deviceUnreachable"], true, "{body}");
+    assert_eq!(body["cachedData"]["recordCount"], 600, "{body}");
+    server.stop().await;
+}
+
+async fn quarantine_until_claimed(db: TestDb) {
+    let server = Server::start(&db).await;
+    for dialect in [Dialect::Att, Dialect::Acc] {
+        let serial = if dialect == Dialect::Att { "UNKNOWN0001" } else { "UNKNOWN0003" };
+        let mut config = sim_config(&server, serial);
+        config.dialect = dialect;
+        let terminal = PushTerminal::start(&generate::generate(5, 200, 9), config);
+        wait_until("the terminal was turned away a few times", Duration::from_secs(20), async || {
+            terminal.stats().failures >= 2
+        })
+        .await;
+        let (_, list) = server.get("/api/push/terminals").await;
+        let t = list["items"]
+            .as_array()
+            .and_then(|a| a.iter().find(|t| t["serialNumber"] == serial).cloned())
+            .expect("listed");
+        assert_eq!(t["status"], "quarantined", "{t}");
+        assert_eq!(t["dialect"], if dialect == Dialect::Att { "att" } else { "acc" }, "{t}");
+        let (_, journal) = server.get(&format!("/api/push/journal?serialNumber={serial}")).await;
+        let outcomes: Vec<&str> =
+            journal["items"].as_array().expect("items").iter().filter_map(|j| j["outcome"].as_str()).collect();
+        assert!(outcomes.iter().any(|o| o.starts_with("quarantined")), "{outcomes:?}");
+        let (_, attendance) = server.get("/api/attendance?limit=1").await;
+        assert_eq!(
+            attendance["items"].as_array().map(Vec::len),
+            Some(0),
+            "nothing is ingested from a quarantined serial"
+        );
+        assert!(!terminal.caught_up());
+
+        let device = claim(&server, serial).await;
+        caught_up(&terminal, Duration::from_secs(30)).await;
+        assert_exactly(&server, &device, &terminal).await;
+        terminal.stop().await;
+        // Clean slate for the next dialect.
+        let (status, _) =
+            server.call(Method::DELETE, &format!("/api/devices/{device}"), Some(&server.admin.clone()), None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+
+    // A site secret: its terminals must call through /iclock/s/<secret>/, others are refused.
+    let (status, s) = server.post("/api/push/secret", json!({"site": "HQ"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{s}");
+    let secret = s["secret"].as_str().expect("secret").to_owned();
+    let device = claim(&server, "SECRET0001").await;
+    let plain = PushTerminal::start(&generate::generate(3, 20, 1), sim_config(&server, "SECRET0001"));
+    wait_until("the plain path was refused", Duration::from_secs(10), async || plain.stats().failures >= 2).await;
+    assert!(!plain.caught_up());
+    plain.stop().await;
+    let mut config = sim_config(&server, "SECRET0001");
+    config.prefix = format!("/iclock/s/{secret}/");
+    let terminal = PushTerminal::start(&generate::generate(3, 20, 1), config);
+    caught_up(&terminal, Duration::from_secs(20)).await;
+    assert_exactly(&server, &device, &terminal).await;
+    terminal.stop().await;
+    server.stop().await;
+}
+
+async fn user_commands_and_injection(db: TestDb) {
+    let server = Server::start(&db).await;
+    let device = claim(&server, "CEXJ201260004").await;
+    let terminal = PushTerminal::start(&generate::generate(5, 10, 2), sim_config(&server, "CEXJ201260004"));
+    caught_up(&terminal, Duration::from_secs(20)).await;
+    let path = format!("/api/devices/{device}/commands");
+    for name in ["Bo\tPri=14", "Bo\nC:999:CLEAR DATA", "Bo\r\n", "Bo\u{0}"] {
+        let (status, body) = server.post(&path, json!({"type": "upsertUser", "pin": "1003", "name": name})).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{name:?}: {body}");
+    }
+    for pin in ["10\t03", "1003\n", "", "1 3"] {
+        let (status, body) = server.post(&path, json!({"type": "deleteUser", "pin": pin})).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{pin:?}: {body}");
+    }
+    let (status, body) = server.post(&path, json!({"type": "shell", "command": "reboot"})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (_, list) = server.get(&path).await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "nothing refused was queued: {list}");
+
+    let (status, c) =
+        server.post(&path, json!({"type": "upsertUser", "pin": "9001", "name": "Zoë Ng", "card": 123456})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{c}");
+    wait_command(&server, &device, c["id"].as_i64().expect("id"), "ok").await;
+    assert!(terminal.users().iter().any(|u| u.user_id == "9001" && u.name == "Zoë Ng" && u.card == 123_456));
+    let (_, c) = server.post(&path, json!({"type": "deleteUser", "pin": "9001"})).await;
+    wait_command(&server, &device, c["id"].as_i64().expect("id"), "ok").await;
+    assert!(!terminal.users().iter().any(|u| u.user_id == "9001"));
+    let (_, c) = server.post(&path, json!({"type": "setClock", "time": "2026-03-02T08:59:41"})).await;
+    assert_eq!(
+        c["command"],
+        "SET OPTION DateTime=..."
+            .replace("...", &(((26 * 372 + 2 * 31 + 1) * 86_400 + 8 * 3600 + 59 * 60 + 41) as i64).to_string()),
+        "{c}"
+    );
+    wait_command(&server, &device, c["id"].as_i64().expect("id"), "ok").await;
+    let now = terminal.now();
+    assert!(now.year() == 2026 && now.month() == 3 && now.day() == 2, "the terminal's clock was set: {now}");
+    // A command a terminal does not know is answered -1002: failed, with its code.
+    terminal.stop().await;
+    server.stop().await;
+}
+
+async fn malformed_requests_are_journaled_and_answered(db: TestDb) {
+    let server = Server::start(&db).await;
+    let device = claim(&server, "CEXJ201260005").await;
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Vec<u8>| {
+        let req = http.post(server.url(path)).header("content-type", "application/x-www-form-urlencoded").body(body);
+        async move {
+            let r = req.send().await.expect("answer");
+            (r.status(), r.text().await.unwrap_or_default())
+        }
+    };
+    // Binary garbage, half a line, a good line with CRLF and trailing tabs, a future punch, an unknown PIN.
+    let kolkata = jiff::tz::TimeZone::fixed(jiff::tz::Offset::from_seconds(19_800).expect("offset"));
+    let future = kolkata
+        .to_datetime(jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 3))
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    let mut body =
+        b"\xff\xfe\x00garbage\x01\t\t\n1001\t2025-13-45 99:99:99\n1002\t2025-01-06 08:00:00\t0\t1\t\t\r\n".to_vec();
+    body.extend_from_slice(format!("1001\t{future}\t0\t15\n").as_bytes());
+    let (status, text) = post("/iclock/cdata?sn=CEXJ201260005&TABLE=attlog&Stamp=9999", body).await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "OK:4"));
+    let (status, text) =
+        post("/iclock/cdata.aspx?SN=CEXJ201260005&table=OPERLOG", vec![0, 159, 146, 150, b'\n', b'U']).await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "OK:2"));
+    let (status, text) = post("/iclock/devicecmd?SN=CEXJ201260005", b"ID=abc&Return=x\nID=&&&\n\xff".to_vec()).await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "OK"));
+    let (status, _) = post("/iclock/cdata?table=ATTLOG", b"1\t2025-01-06 08:00:00".to_vec()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = post("/iclock/cdata?SN=CEXJ201260005&table=ATTLOG", vec![b'1'; 2 * 1024 * 1024]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let r = http.get(server.url("/iclock/getrequest?SN=CEXJ201260005")).send().await.expect("answer");
+    assert_eq!(r.text().await.unwrap_or_default(), "OK");
+
+    let (_, journal) = server.get("/api/push/journal?limit=20").await;
+    let items = journal["items"].as_array().expect("items");
+    assert!(items.len() >= 5, "{journal}");
+    assert!(
+        items.iter().any(|j| j["outcome"].as_str().is_some_and(|o| o.starts_with("ok: 4 lines, 2 records"))),
+        "{journal}"
+    );
+    assert!(items.iter().any(|j| j["outcome"] == "refused: no valid SN"), "{journal}");
+    assert!(
+        items
+            .iter()
+            .any(|j| j["bodyLength"] == 2 * 1024 * 1024
+                && j["outcome"].as_str().is_some_and(|o| o.starts_with("refused"))),
+        "{journal}"
+    );
+    let rows = all_attendance(&server, &device).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let flags: Vec<i64> = rows.iter().map(|r| r["flags"].as_i64().unwrap_or(-1)).collect();
+    assert!(flags.contains(&4), "the future punch is flagged: {flags:?}");
+    let (status, _) = server.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    server.stop().await;
+}
