@@ -53,6 +53,17 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// For PostgreSQL: the URL of the server's maintenance database (`TEST_DATABASE_URL`) and this test's database
+    /// name, so a test can act on the server's connections from outside (e.g. `pg_terminate_backend`).
+    pub fn postgres_admin(&self) -> Option<(&str, &str)> {
+        match &self.cleanup {
+            Cleanup::Database { admin_url, name } => Some((admin_url, name)),
+            Cleanup::File(_) => None,
+        }
+    }
+}
+
 /// The same server URL with another database name.
 fn replace_db(url: &str, name: &str) -> String {
     let (base, query) = match url.split_once('?') {

@@ -2,6 +2,8 @@
 //! relay loop, in-process, over a real WebSocket) and simulated terminals. Nothing here is a mock.
 
 pub mod db;
+pub mod exact;
+pub mod proxy;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,6 +20,8 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 pub use db::{Backend, TestDb};
+pub use exact::{Comparison, Puncher, assert_exact, wait_exact};
+pub use proxy::Proxy;
 
 /// Hub timing for tests: fast probes and liveness so tests do not wait long.
 pub fn test_hub() -> HubConfig {

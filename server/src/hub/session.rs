@@ -263,7 +263,13 @@ async fn handle(msg: AgentMsg, agent: &Agent, ctx: &SessionCtx, tx: &mpsc::Sende
                     }
                     let received = records.len() as u64;
                     tracing::debug!(agent_id = %agent.id, %device_id, batch, received, inserted = stats.inserted, ?request, "batch stored");
-                    ctx.hub.emit(HubEvent::BatchCommitted { device_id, records: received, inserted: stats.inserted });
+                    ctx.hub.emit(HubEvent::BatchCommitted {
+                        device_id,
+                        agent_id: agent.id,
+                        batch,
+                        records: received,
+                        inserted: stats.inserted,
+                    });
                     if stats.inserted > 0 {
                         ctx.hub.emit(HubEvent::PunchesStored { device_id, inserted: stats.inserted });
                     }
@@ -276,6 +282,7 @@ async fn handle(msg: AgentMsg, agent: &Agent, ctx: &SessionCtx, tx: &mpsc::Sende
                     if let Some(id) = request {
                         ctx.hub.fail(agent.id, id, essl_wire::ErrorKind::Internal, format!("storage failed: {error}"));
                     }
+                    ctx.hub.emit(HubEvent::BatchFailed { device_id, agent_id: agent.id, batch, request });
                 }
             }
         }
