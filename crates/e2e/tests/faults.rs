@@ -50,6 +50,16 @@ on_both_backends!(
     punches_while_the_cloud_is_unreachable_arrive_once_it_is_back,
 );
 
+/// PostgreSQL only: the store's connections are killed from outside while it ingests.
+mod a_lost_postgres_connection_during_an_ingest_loses_nothing {
+    use super::*;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres() {
+        let Some(db) = TestDb::new(Backend::Postgres).await else { return };
+        super::a_lost_postgres_connection_during_an_ingest_loses_nothing(db).await;
+    }
+}
+
 /// How long the database may take to hold exactly the terminal's records once everything healed.
 const SETTLE: Duration = Duration::from_secs(90);
 /// Deadline of any one step (an event, some punches).
@@ -153,6 +163,16 @@ impl Batches {
                 _ => 0,
             })
             .sum()
+    }
+
+    fn failed(&self) -> Vec<(Uuid, u64, Option<u64>)> {
+        self.all()
+            .iter()
+            .filter_map(|e| match e {
+                HubEvent::BatchFailed { agent_id, batch, request, .. } => Some((*agent_id, *batch, *request)),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -426,4 +446,67 @@ async fn punches_while_the_cloud_is_unreachable_arrive_once_it_is_back(db: TestD
     heal_and_check(&server, &s.sim, s.device_id, puncher).await;
     a.stop().await;
     server.stop().await;
+}
+
+async fn a_lost_postgres_connection_during_an_ingest_loses_nothing(db: TestDb) {
+    use sqlx::Connection;
+    let (admin_url, name) = db.postgres_admin().expect("a PostgreSQL database");
+    let (admin_url, name) = (admin_url.to_owned(), name.to_owned());
+    let s = site(&db, 100_000).await;
+    let (agent_id, token) = s.server.add_agent("office-pc", "HQ").await;
+    // Only the server's Nack can make it send a failed batch again: it would wait an hour for a missing Ack.
+    let a = agent(&s.server.ws_url(), &token, None, |c| c.timing.ack_timeout = Duration::from_secs(3600));
+    wait_reachable(&s.server, &s.device, &agent_id).await;
+    let batches = Batches::default();
+    batches.record(&s.server);
+    let puncher = Puncher::start(s.sim.terminal.clone(), PUNCH_EVERY);
+
+    // From outside: whenever the server is inserting attendance, kill every connection it has to its database.
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("TEST_DATABASE_URL connects");
+    let request = spawn_sync(&s.server, &s.device);
+    let mut killed = 0;
+    let deadline = tokio::time::Instant::now() + STEP;
+    while killed < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "saw {killed} ingests to interrupt, wanted 3");
+        let ingesting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'active' \
+             AND query LIKE 'INSERT INTO essl_attendance%'",
+        )
+        .bind(&name)
+        .fetch_one(&mut admin)
+        .await
+        .expect("pg_stat_activity");
+        if ingesting == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            continue;
+        }
+        let terminated: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&name)
+        .fetch_all(&mut admin)
+        .await
+        .expect("pg_terminate_backend");
+        println!("ingest interrupted: {} connections terminated", terminated.iter().filter(|t| **t).count());
+        killed += 1;
+        // Let it recover a little before the next blow.
+        puncher.wait_for(10, STEP).await;
+    }
+    let answer = request.await.expect("request task");
+    println!("the sync answered {answer}");
+    puncher.wait_for(20, STEP).await;
+
+    heal_and_check(&s.server, &s.sim, s.device_id, puncher).await;
+    // At least one batch failed, was not acknowledged, and came again until it was stored.
+    let failed = batches.failed();
+    assert!(!failed.is_empty(), "no ingest failed: the connections were not killed during one");
+    let commits = batches.commits();
+    for (agent, batch, _) in &failed {
+        assert!(commits.contains_key(&(*agent, *batch)), "batch {batch} failed and never came again");
+    }
+    if failed.iter().any(|(_, _, request)| request.is_some()) {
+        assert_ne!(answer["success"], true, "a batch of the sync failed, the sync cannot have succeeded: {answer}");
+    }
+    a.stop().await;
+    s.server.stop().await;
 }

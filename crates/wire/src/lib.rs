@@ -4,7 +4,8 @@
 //!   [`ServerMsg::Welcome`] with the version chosen, or closes with one of the [`close`] codes.
 //! - The server sends [`ServerMsg::Request`]s for device work; the agent answers each with one
 //!   [`AgentMsg::Response`], optionally preceded by [`AgentMsg::Progress`] and, for attendance, by
-//!   [`AgentMsg::Punches`] batches that the server acknowledges with [`ServerMsg::Ack`] once committed.
+//!   [`AgentMsg::Punches`] batches that the server acknowledges with [`ServerMsg::Ack`] once committed (or, from
+//!   protocol 2, refuses with [`ServerMsg::Nack`] when its database failed, so the agent sends it again soon).
 //! - The agent reports [`AgentMsg::Reachability`] of its site's devices periodically: the routing table.
 //!
 //! Decoding is bounded by [`MAX_MESSAGE_BYTES`] and never panics; an undecodable message is an error for the
@@ -17,8 +18,10 @@ mod messages;
 pub use codec::{WireError, decode_agent, decode_server, encode_agent, encode_server};
 pub use messages::*;
 
-/// The protocol version this build speaks best.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks best. 2 added [`ServerMsg::Nack`].
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The first protocol version with [`ServerMsg::Nack`].
+pub const NACK_SINCE: u16 = 2;
 /// The oldest protocol version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// Largest encoded message accepted (also the WebSocket frame limit).

@@ -31,6 +31,9 @@ pub enum ServerMsg {
     DevicesChanged { devices: Vec<DeviceSpec> },
     /// The batch is committed to the database; the agent may forget it.
     Ack { batch: u64 },
+    /// The batch could not be stored (nothing of it was committed): the agent keeps it and sends it again after a
+    /// short delay. Protocol 2 and later; a server never sends it on a protocol 1 connection.
+    Nack { batch: u64, error: String },
 }
 
 /// How to reach one terminal.

@@ -85,6 +85,7 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
         (any::<u64>(), text(), op()).prop_map(|(id, device, op)| ServerMsg::Request { id, device, op }),
         any::<u64>().prop_map(|id| ServerMsg::Cancel { id }),
         any::<u64>().prop_map(|batch| ServerMsg::Ack { batch }),
+        (any::<u64>(), text()).prop_map(|(batch, error)| ServerMsg::Nack { batch, error }),
         (any::<u16>(), text(), text(), any::<u64>()).prop_map(|(protocol, agent_id, site, probe_interval_ms)| {
             ServerMsg::Welcome {
                 protocol,
