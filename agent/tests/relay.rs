@@ -507,6 +507,45 @@ async fn sync_sends_acknowledged_batches_then_synced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_batch_is_sent_again_long_before_the_ack_timeout() {
+    // Two batches; the server's database fails on the first: Nack. The ack timeout is an hour, so only the Nack
+    // can bring the batch back.
+    let (sim, _) = simulator(10, 6_000).await;
+    let mut server = FakeServer::start().await;
+    let agent = Agent::start(&server, Timing { ack_timeout: Duration::from_secs(3600), ..timing() }, None);
+    let mut peer = server.session().await;
+    match peer.welcome(vec![spec("door", sim.addr, false)]).await {
+        AgentMsg::Hello { max_protocol, .. } => assert!(max_protocol >= essl_wire::NACK_SINCE),
+        other => panic!("{other:?}"),
+    }
+    peer.send(&ServerMsg::Request { id: 3, device: "door".into(), op: Op::SyncAttendance }).await;
+    let mut sent: Vec<(u64, Vec<Punch>)> = Vec::new();
+    while sent.len() < 2 {
+        if let AgentMsg::Punches { batch, records, .. } = peer.recv().await {
+            sent.push((batch, records));
+        }
+    }
+    let (refused, first) = sent[0].clone();
+    peer.send(&ServerMsg::Nack { batch: refused, error: "storage failed: connection lost".into() }).await;
+    peer.send(&ServerMsg::Ack { batch: sent[1].0 }).await;
+    let again = peer
+        .recv_until(STEP, |m| match m {
+            AgentMsg::Punches { batch, records, .. } if *batch == refused => Some(records.clone()),
+            AgentMsg::Response { id: 3, outcome } => {
+                panic!("answered before the refused batch was stored: {outcome:?}")
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(again, first, "the same batch, whole, again");
+    peer.send(&ServerMsg::Ack { batch: refused }).await;
+    let synced = ok(peer.response(3).await);
+    assert_eq!(synced, OpResult::Synced { records: 6_000, batches: 2, read: Some(6_000), reset: None });
+    agent.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_requests_run_concurrently_and_map_errors() {
     let (sim, fixture) = simulator(12, 300).await;
     // A terminal that accepts TCP but never answers: requests to it hang until their deadline.

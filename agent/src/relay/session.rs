@@ -236,6 +236,12 @@ impl Session<'_> {
                 uploader.ack(batch);
                 Ok(())
             }
+            ServerMsg::Nack { batch, error } => {
+                let error: String = error.chars().filter(|c| !c.is_control()).take(300).collect();
+                tracing::warn!(batch, %error, "the server could not store a batch; it stays queued and goes again");
+                uploader.nack(batch);
+                Ok(())
+            }
             ServerMsg::DevicesChanged { devices: specs } => {
                 tracing::info!(devices = specs.len(), "the site's devices changed");
                 devices.replace(specs);
@@ -327,6 +333,7 @@ fn msg_name(msg: &ServerMsg) -> &'static str {
         ServerMsg::DevicesChanged { .. } => "DevicesChanged",
         ServerMsg::Ack { .. } => "Ack",
         ServerMsg::Stored { .. } => "Stored",
+        ServerMsg::Nack { .. } => "Nack",
     }
 }
 

@@ -1,9 +1,11 @@
 //! `essl-bench`: benchmarks that print figures and ratios, on loopback, so anyone can run them:
 //! `cargo run --release -p essl-bench -- zk-read` (against an `essl-sim` process), `-- sync` and `-- check`
-//! (server, agent and simulated terminal in this process, with the end-to-end harness of `essl-e2e`).
+//! (server, agent and simulated terminal in this process, with the end-to-end harness of `essl-e2e`), and `-- soak`
+//! (the same under random faults, then none lost and none doubled, or exit code 1).
 
 mod check;
 mod office;
+mod soak;
 mod stats;
 mod sync;
 mod zk_read;
@@ -26,6 +28,9 @@ enum Bench {
     Sync(sync::Args),
     /// Latency of `POST /api/essl/check-device` through the relay against a direct probe of the same terminal.
     Check(check::Args),
+    /// Punches continuously while random faults hit agents, server, network, terminal and database; then heal
+    /// and check that the database holds exactly the terminal's records (exit code 1 if any was lost or doubled).
+    Soak(soak::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,11 +38,14 @@ fn main() -> anyhow::Result<()> {
     // The client alone on one thread; server, agent and terminal together on a runtime like the server's.
     let runtime = match cli.bench {
         Bench::ZkRead(_) => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
-        Bench::Sync(_) | Bench::Check(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
+        Bench::Sync(_) | Bench::Check(_) | Bench::Soak(_) => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?
+        }
     };
     match cli.bench {
         Bench::ZkRead(args) => runtime.block_on(zk_read::run(args)),
         Bench::Sync(args) => runtime.block_on(sync::run(args)),
         Bench::Check(args) => runtime.block_on(check::run(args)),
+        Bench::Soak(args) => runtime.block_on(soak::run(args)),
     }
 }

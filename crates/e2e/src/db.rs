@@ -40,15 +40,33 @@ impl TestDb {
                     println!("SKIPPED postgres e2e test: set TEST_DATABASE_URL");
                     return None;
                 };
-                let name = format!("essl_e2e_{}", &tag[..16]);
-                let mut conn = sqlx::PgConnection::connect(&admin_url).await.expect("TEST_DATABASE_URL connects");
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&mut conn)
-                    .await
-                    .expect("create database");
-                let url = replace_db(&admin_url, &name);
-                Some(TestDb { url, backend, cleanup: Cleanup::Database { admin_url, name } })
+                Some(TestDb::postgres_at(&admin_url).await)
             }
+        }
+    }
+
+    /// A fresh PostgreSQL database on the server of `admin_url` (a database the user may create others from),
+    /// dropped with the `TestDb`. Panics if the server cannot be reached: tests and benchmarks asked for it.
+    pub async fn postgres_at(admin_url: &str) -> TestDb {
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("essl_e2e_{}", &tag[..16]);
+        let mut conn = sqlx::PgConnection::connect(admin_url).await.expect("the PostgreSQL admin URL connects");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create database");
+        let url = replace_db(admin_url, &name);
+        TestDb { url, backend: Backend::Postgres, cleanup: Cleanup::Database { admin_url: admin_url.to_owned(), name } }
+    }
+}
+
+impl TestDb {
+    /// For PostgreSQL: the URL of the server's maintenance database (`TEST_DATABASE_URL`) and this test's database
+    /// name, so a test can act on the server's connections from outside (e.g. `pg_terminate_backend`).
+    pub fn postgres_admin(&self) -> Option<(&str, &str)> {
+        match &self.cleanup {
+            Cleanup::Database { admin_url, name } => Some((admin_url, name)),
+            Cleanup::File(_) => None,
         }
     }
 }

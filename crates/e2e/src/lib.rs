@@ -3,6 +3,8 @@
 
 pub mod browser;
 pub mod db;
+pub mod exact;
+pub mod proxy;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,6 +21,8 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 pub use db::{Backend, TestDb};
+pub use exact::{Comparison, Puncher, assert_exact, wait_exact};
+pub use proxy::Proxy;
 
 /// Hub timing for tests: fast probes and liveness so tests do not wait long.
 pub fn test_hub() -> HubConfig {

@@ -218,7 +218,7 @@ async fn reupload_command_and_seed_routes(db: TestDb) {
     wait_event(
         &mut events,
         Duration::from_secs(20),
-        |e| matches!(e, HubEvent::BatchCommitted { records, inserted: 0, .. } if *records > 0),
+        |e| matches!(e, HubEvent::PushCommitted { records, inserted: 0, .. } if *records > 0),
     )
     .await;
     caught_up(&terminal, Duration::from_secs(30)).await;

@@ -4,15 +4,16 @@
 //!   [`ServerMsg::Welcome`] with the version chosen, or closes with one of the [`close`] codes.
 //! - The server sends [`ServerMsg::Request`]s for device work; the agent answers each with one
 //!   [`AgentMsg::Response`], optionally preceded by [`AgentMsg::Progress`] and, for attendance, by
-//!   [`AgentMsg::Punches`] batches that the server acknowledges with [`ServerMsg::Ack`] once committed.
+//!   [`AgentMsg::Punches`] batches that the server acknowledges with [`ServerMsg::Ack`] once committed (or, from
+//!   protocol 2, refuses with [`ServerMsg::Nack`] when its database failed, so the agent sends it again soon).
 //! - The agent reports [`AgentMsg::Reachability`] of its site's devices periodically: the routing table (and its
 //!   heartbeat, with the outbox's fill).
 //!
 //! Versions: fields are added as optional (`#[serde(default)]`), which peers of the same protocol version ignore
 //! or miss harmlessly; a new message, variant or meaning needs a new protocol version, and each side sends it only
 //! to a peer that negotiated that version (`negotiate`). Protocol 2 adds `Op::ClearAttendance { sync_first }`
-//! (the confirmed clear), `AgentMsg::ConfirmStored`, `ServerMsg::Stored`, `OpResult::Cleared` and
-//! `ErrorKind::NotConfirmed`.
+//! (the confirmed clear), `AgentMsg::ConfirmStored`, `ServerMsg::Stored`, `ServerMsg::Nack`, `OpResult::Cleared`
+//! and `ErrorKind::NotConfirmed`.
 //!
 //! Decoding is bounded by [`MAX_MESSAGE_BYTES`] and never panics; an undecodable message is an error for the
 //! caller to close that one connection with.
@@ -30,6 +31,8 @@ pub use time::{invalid_time_placeholder, raw_of_placeholder};
 pub const PROTOCOL_VERSION: u16 = 2;
 /// The first protocol version with the confirmed clear of a terminal's log (`Op::ClearAttendance`).
 pub const CLEAR_PROTOCOL_VERSION: u16 = 2;
+/// The first protocol version with [`ServerMsg::Nack`].
+pub const NACK_SINCE: u16 = 2;
 /// The oldest protocol version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// Largest encoded message accepted (also the WebSocket frame limit).

@@ -52,6 +52,9 @@ pub enum ServerMsg {
     Ack { batch: u64 },
     /// Protocol 2: the answer to [`AgentMsg::ConfirmStored`] for request `id`; `reason` says why not.
     Stored { id: u64, confirmed: bool, reason: Option<String> },
+    /// The batch could not be stored (nothing of it was committed): the agent keeps it and sends it again after a
+    /// short delay. Protocol 2 and later; a server never sends it on a protocol 1 connection.
+    Nack { batch: u64, error: String },
 }
 
 /// How to reach one terminal.

@@ -118,6 +118,7 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
         any::<u64>().prop_map(|batch| ServerMsg::Ack { batch }),
         (any::<u64>(), any::<bool>(), proptest::option::of(text()))
             .prop_map(|(id, confirmed, reason)| ServerMsg::Stored { id, confirmed, reason }),
+        (any::<u64>(), text()).prop_map(|(batch, error)| ServerMsg::Nack { batch, error }),
         (any::<u16>(), text(), text(), any::<u64>()).prop_map(|(protocol, agent_id, site, probe_interval_ms)| {
             ServerMsg::Welcome {
                 protocol,

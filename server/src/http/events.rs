@@ -122,7 +122,7 @@ fn to_sse(event: &HubEvent) -> Option<Event> {
             named("agent.outbox", json!({ "agentId": agent_id, "bytes": bytes, "limitBytes": limit_bytes }))
         }
         // Every batch, repeats included: for tests and metrics, not for people.
-        HubEvent::BatchCommitted { .. } => return None,
+        HubEvent::BatchCommitted { .. } | HubEvent::PushCommitted { .. } | HubEvent::BatchFailed { .. } => return None,
     };
     Some(e)
 }

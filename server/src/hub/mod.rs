@@ -110,10 +110,12 @@ pub enum HubEvent {
         device_id: Uuid,
         inserted: u64,
     },
-    /// Every committed batch: how many records came and how many were new (tests and metrics see what agents
-    /// send, including repeats).
+    /// Every committed batch: which agent sent it (and its batch id), how many records came and how many were new
+    /// (tests and metrics see what agents send, including repeats).
     BatchCommitted {
         device_id: Uuid,
+        agent_id: Uuid,
+        batch: u64,
         records: u64,
         inserted: u64,
     },
@@ -131,6 +133,20 @@ pub enum HubEvent {
         agent_id: Uuid,
         bytes: u64,
         limit_bytes: u64,
+    },
+    /// A push terminal's upload is committed: how many records came and how many were new.
+    PushCommitted {
+        device_id: Uuid,
+        records: u64,
+        inserted: u64,
+    },
+    /// A batch that could not be stored (the database failed): not acknowledged, the agent sends it again.
+    BatchFailed {
+        device_id: Uuid,
+        agent_id: Uuid,
+        batch: u64,
+        /// The sync request it belonged to, which failed with it.
+        request: Option<u64>,
     },
 }
 

@@ -112,7 +112,8 @@ pub async fn serve(ws: WebSocket, agent: Agent, ctx: SessionCtx) {
 
     let writer_done = CancellationToken::new();
     let writer = tokio::spawn(write_loop(sink, rx, cfg.ping_interval, writer_done.clone()));
-    let reason = read_loop(&mut stream, &agent, &ctx, tx.clone(), cfg.ping_interval * 2, &writer_done, &kill).await;
+    let peer = Peer { agent: &agent, protocol };
+    let reason = read_loop(&mut stream, &peer, &ctx, tx.clone(), cfg.ping_interval * 2, &writer_done, &kill).await;
     tracing::info!(agent_id = %agent.id, reason, "agent session ended");
     // Tell the peer why, unless the writer already closed for a reason of its own.
     let _ = tx.try_send(Outbound::Close(close_code_for(reason), reason.to_owned()));
@@ -178,16 +179,23 @@ async fn write_loop(
     done.cancel();
 }
 
+/// The agent at the other end and the protocol version agreed with it.
+struct Peer<'a> {
+    agent: &'a Agent,
+    protocol: u16,
+}
+
 /// Reads until the connection ends; returns why.
 async fn read_loop(
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
-    agent: &Agent,
+    peer: &Peer<'_>,
     ctx: &SessionCtx,
     tx: mpsc::Sender<Outbound>,
     silence: Duration,
     writer_done: &CancellationToken,
     kill: &CancellationToken,
 ) -> &'static str {
+    let agent = peer.agent;
     loop {
         let frame = tokio::select! {
             _ = kill.cancelled() => return "revoked",
@@ -212,7 +220,7 @@ async fn read_loop(
             tracing::warn!(agent_id = %agent.id, len = bytes.len(), "undecodable message from agent");
             return "protocol error";
         };
-        if handle(msg, agent, ctx, &tx).await.is_err() {
+        if handle(msg, peer, ctx, &tx).await.is_err() {
             return "protocol error";
         }
     }
@@ -220,7 +228,13 @@ async fn read_loop(
 
 struct Violation;
 
-async fn handle(msg: AgentMsg, agent: &Agent, ctx: &SessionCtx, tx: &mpsc::Sender<Outbound>) -> Result<(), Violation> {
+async fn handle(
+    msg: AgentMsg,
+    peer: &Peer<'_>,
+    ctx: &SessionCtx,
+    tx: &mpsc::Sender<Outbound>,
+) -> Result<(), Violation> {
+    let agent = peer.agent;
     match msg {
         AgentMsg::Hello { .. } => return Err(Violation),
         AgentMsg::Response { id, outcome } => ctx.hub.complete(agent.id, id, outcome),
@@ -281,6 +295,7 @@ async fn handle(msg: AgentMsg, agent: &Agent, ctx: &SessionCtx, tx: &mpsc::Sende
                             "storage unavailable".into(),
                         );
                     }
+                    refuse(peer, ctx, tx, device_id, batch, request, format!("storage unavailable: {error}")).await;
                     return Ok(());
                 }
             };
@@ -291,7 +306,13 @@ async fn handle(msg: AgentMsg, agent: &Agent, ctx: &SessionCtx, tx: &mpsc::Sende
                     }
                     let received = records.len() as u64;
                     tracing::debug!(agent_id = %agent.id, %device_id, batch, received, inserted = stats.inserted, ?request, "batch stored");
-                    ctx.hub.emit(HubEvent::BatchCommitted { device_id, records: received, inserted: stats.inserted });
+                    ctx.hub.emit(HubEvent::BatchCommitted {
+                        device_id,
+                        agent_id: agent.id,
+                        batch,
+                        records: received,
+                        inserted: stats.inserted,
+                    });
                     if stats.inserted > 0 {
                         ctx.hub.emit(HubEvent::PunchesStored { device_id, inserted: stats.inserted });
                     }
@@ -305,6 +326,7 @@ async fn handle(msg: AgentMsg, agent: &Agent, ctx: &SessionCtx, tx: &mpsc::Sende
                         let message = format!("storage failed: {error}");
                         ctx.hub.fail_storage(agent.id, id, essl_wire::ErrorKind::Internal, message);
                     }
+                    refuse(peer, ctx, tx, device_id, batch, request, format!("storage failed: {error}")).await;
                 }
             }
         }
@@ -346,6 +368,23 @@ struct StoredCheck {
     keys: u64,
     first: Option<String>,
     last: Option<String>,
+}
+
+/// A batch that was not stored: reported, and refused with `Nack` (protocol 2 and later) so the agent sends it again
+/// soon instead of waiting for its ack timeout.
+async fn refuse(
+    peer: &Peer<'_>,
+    ctx: &SessionCtx,
+    tx: &mpsc::Sender<Outbound>,
+    device_id: Uuid,
+    batch: u64,
+    request: Option<u64>,
+    error: String,
+) {
+    ctx.hub.emit(HubEvent::BatchFailed { device_id, agent_id: peer.agent.id, batch, request });
+    if peer.protocol >= essl_wire::NACK_SINCE {
+        let _ = tx.send(Outbound::Msg(ServerMsg::Nack { batch, error })).await;
+    }
 }
 
 async fn device_in_site(ctx: &SessionCtx, device_id: Uuid, site_id: Uuid) -> bool {

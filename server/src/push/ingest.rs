@@ -28,7 +28,7 @@ pub struct Stats {
     pub inserted: u64,
 }
 
-/// Stores an upload's records in one transaction; emits `BatchCommitted` and, when rows are new, `PunchesStored`.
+/// Stores an upload's records in one transaction; emits `PushCommitted` and, when rows are new, `PunchesStored`.
 pub async fn store(state: &AppState, device: &Device, records: &[AttLine]) -> Result<Stats, Error> {
     if records.is_empty() {
         return Ok(Stats::default());
@@ -62,7 +62,7 @@ pub async fn store(state: &AppState, device: &Device, records: &[AttLine]) -> Re
         .collect();
     let inserted = state.store.insert_punches(device.id, &rows).await?;
     let records = rows.len() as u64;
-    state.hub.emit(HubEvent::BatchCommitted { device_id: device.id, records, inserted });
+    state.hub.emit(HubEvent::PushCommitted { device_id: device.id, records, inserted });
     if inserted > 0 {
         state.hub.emit(HubEvent::PunchesStored { device_id: device.id, inserted });
     }
