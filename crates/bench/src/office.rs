@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
+use essl_e2e::proxy::Proxy;
 use essl_e2e::{Agent, Backend, Server, TestDb, test_hub, wait_reachable};
 use essl_server::hub::HubConfig;
 
@@ -51,11 +52,13 @@ pub fn bench_hub() -> HubConfig {
 }
 
 /// A server on `db` with the terminal at `terminal` as device "Bench door" of site "HQ", and a connected agent of
-/// that site that reported the device reachable.
+/// that site that reported the device reachable. The agent's WebSocket goes through a counting proxy, so benches
+/// can say how many bytes the office sent to the cloud.
 pub struct Office {
     pub server: Server,
     pub agent: Agent,
     pub device: String,
+    pub link: Proxy,
 }
 
 impl Office {
@@ -63,15 +66,22 @@ impl Office {
         let server = Server::start_with(db, bench_hub()).await;
         let device = server.add_device("Bench door", terminal, "HQ").await;
         let (agent_id, token) = server.add_agent("bench-pc", "HQ").await;
-        let agent = Agent::start(&server, &token);
+        let link = Proxy::start(server.addr).await.context("the counting proxy")?;
+        let agent = Agent::start_configured(&format!("ws://{}/agent/ws", link.addr()), &token, |_| {});
         tokio::time::timeout(Duration::from_secs(20), wait_reachable(&server, &device, &agent_id))
             .await
             .context("the agent did not report the terminal reachable")?;
-        Ok(Office { server, agent, device })
+        Ok(Office { server, agent, device, link })
+    }
+
+    /// Bytes the agent has sent to the server so far (WebSocket frames included).
+    pub fn bytes_sent(&self) -> u64 {
+        self.link.bytes_up()
     }
 
     pub async fn close(self) {
         self.agent.stop().await;
         self.server.stop().await;
+        self.link.stop();
     }
 }

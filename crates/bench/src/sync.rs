@@ -42,12 +42,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let db = name(backend);
         let mut e2e = Vec::with_capacity(args.runs);
         for i in 0..args.runs {
-            let Some((secs, stages)) = sync_once(backend, &sim, args.records).await? else { break };
+            let Some(run) = sync_once(backend, &sim, args.records).await? else { break };
             println!(
-                "{db} e2e run={i} seconds={secs:.3} records_per_second={:.0} {stages}",
-                args.records as f64 / secs
+                "{db} e2e run={i} seconds={:.3} records_per_second={:.0} {} first_sync_bytes_sent={} \
+                 second_sync_bytes_sent={} second_sync_seconds={:.3} second_sync_new_records=0",
+                run.secs,
+                args.records as f64 / run.secs,
+                run.stages,
+                run.first_bytes,
+                run.second_bytes,
+                run.second_secs,
             );
-            e2e.push(secs);
+            e2e.push(run.secs);
         }
         if e2e.is_empty() {
             continue;
@@ -74,24 +80,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One sync of every record through the relay into a fresh database: its wall time and where it went, or `None`
-/// if the database is not available here.
-async fn sync_once(
-    backend: Backend,
-    sim: &essl_zk_sim::Simulator,
-    records: usize,
-) -> anyhow::Result<Option<(f64, String)>> {
+/// One measured run: the first sync's wall time and stages, and what each sync made the office send.
+struct Run {
+    secs: f64,
+    stages: String,
+    first_bytes: u64,
+    second_bytes: u64,
+    second_secs: f64,
+}
+
+/// One sync of every record through the relay into a fresh database, then a second sync of the unchanged terminal
+/// (which must send no records: the agent's watermark); `None` if the database is not available here.
+async fn sync_once(backend: Backend, sim: &essl_zk_sim::Simulator, records: usize) -> anyhow::Result<Option<Run>> {
     let Some(db) = fresh_db(backend).await else { return Ok(None) };
     let office = Office::open(&db, sim.addr).await?;
     let (stop, watcher) = watch(office.server.events());
+    let before = office.bytes_sent();
     let started = Instant::now();
     let (status, body) = office.server.post("/api/essl/sync-attendance", json!({"deviceId": office.device})).await;
     let secs = started.elapsed().as_secs_f64();
+    let first_bytes = office.bytes_sent() - before;
     let _ = stop.send(());
     let stages = stages(started, &watcher.await.unwrap_or_default());
     let device = office.device.parse().context("device id")?;
     let stored = office.server.state.store.count_attendance(Some(device)).await?;
-    office.close().await;
     ensure!(status.is_success() && body["success"] == true, "sync failed: HTTP {status} {body}");
     ensure!(
         body["totalRecords"] == records as u64,
@@ -99,7 +111,16 @@ async fn sync_once(
         body["totalRecords"]
     );
     ensure!(stored == records as i64, "{stored} records stored, expected {records}");
-    Ok(Some((secs, stages)))
+
+    let before = office.bytes_sent();
+    let started = Instant::now();
+    let (status, again) = office.server.post("/api/essl/sync-attendance", json!({"deviceId": office.device})).await;
+    let second_secs = started.elapsed().as_secs_f64();
+    let second_bytes = office.bytes_sent() - before;
+    office.close().await;
+    ensure!(status.is_success() && again["totalRecords"] == 0, "second sync: HTTP {status} {again}");
+    ensure!(again["stats"]["recordsRead"] == records as u64, "second sync read: {again}");
+    Ok(Some(Run { secs, stages, first_bytes, second_bytes, second_secs }))
 }
 
 /// What the hub reported during a sync.
