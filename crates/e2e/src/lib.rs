@@ -24,6 +24,27 @@ pub use db::{Backend, TestDb};
 pub use exact::{Comparison, Puncher, assert_exact, wait_exact};
 pub use proxy::Proxy;
 
+/// Runs each named `async fn(TestDb)` of the calling test file twice: as `name::sqlite` on a fresh SQLite file, and
+/// as `name::postgres` on a fresh PostgreSQL database (skipped, or failed under `ESSL_REQUIRE_POSTGRES`, when
+/// `TEST_DATABASE_URL` is unset).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                let db = $crate::TestDb::new($crate::Backend::Sqlite).await.expect("sqlite is always available");
+                super::$name(db).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                let Some(db) = $crate::TestDb::new($crate::Backend::Postgres).await else { return };
+                super::$name(db).await;
+            }
+        }
+    )*};
+}
+
 /// Hub timing for tests: fast probes and liveness so tests do not wait long.
 pub fn test_hub() -> HubConfig {
     HubConfig {

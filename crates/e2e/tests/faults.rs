@@ -22,24 +22,6 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                let db = TestDb::new(Backend::Sqlite).await.expect("sqlite is always available");
-                super::$name(db).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                let Some(db) = TestDb::new(Backend::Postgres).await else { return };
-                super::$name(db).await;
-            }
-        }
-    )*};
-}
-
 on_both_backends!(
     an_agent_killed_during_an_upload_restarts_and_loses_nothing,
     a_server_restarted_during_a_sync_loses_nothing,

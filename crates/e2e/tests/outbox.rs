@@ -12,24 +12,6 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                let db = TestDb::new(Backend::Sqlite).await.expect("sqlite is always available");
-                super::$name(db).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                let Some(db) = TestDb::new(Backend::Postgres).await else { return };
-                super::$name(db).await;
-            }
-        }
-    )*};
-}
-
 on_both_backends!(
     a_realtime_punch_is_stored_within_a_second,
     punches_while_the_cloud_is_away_arrive_once_it_is_back,

@@ -11,24 +11,6 @@ use essl_zk_sim::push::{Dialect, PushConfig, PushTerminal};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                let db = TestDb::new(Backend::Sqlite).await.expect("sqlite is always available");
-                super::$name(db).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                let Some(db) = TestDb::new(Backend::Postgres).await else { return };
-                super::$name(db).await;
-            }
-        }
-    )*};
-}
-
 on_both_backends!(
     backlog_realtime_and_dropped_acks_store_each_punch_once,
     server_restart_in_the_middle_of_a_backlog,

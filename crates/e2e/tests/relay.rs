@@ -10,24 +10,6 @@ use essl_zk_sim::generate;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                let db = TestDb::new(Backend::Sqlite).await.expect("sqlite is always available");
-                super::$name(db).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                let Some(db) = TestDb::new(Backend::Postgres).await else { return };
-                super::$name(db).await;
-            }
-        }
-    )*};
-}
-
 on_both_backends!(
     check_reachable_and_unreachable,
     sync_stores_exactly_the_terminal_records_once,

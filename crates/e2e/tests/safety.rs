@@ -14,24 +14,6 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                let db = TestDb::new(Backend::Sqlite).await.expect("sqlite is always available");
-                super::$name(db).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                let Some(db) = TestDb::new(Backend::Postgres).await else { return };
-                super::$name(db).await;
-            }
-        }
-    )*};
-}
-
 on_both_backends!(
     corrupt_records_and_unknown_users_are_stored_flagged_once,
     outbox_fill_is_reported_while_the_database_refuses_punches,
