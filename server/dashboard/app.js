@@ -225,6 +225,8 @@
   const cache = {
     deviceById: new Map(),
     agentById: new Map(),
+    /** Push terminals by serial number (admins only: the list is an admin route). */
+    pushBySerial: new Map(),
     deviceOptionsKey: '',
   };
 
@@ -246,6 +248,22 @@
   /** Agents for pages that only need their names: a staff account may not list them, which is fine there. */
   function fetchAgentsQuietly() {
     return fetchAgents().catch((e) => {
+      if (e.expired) throw e;
+      return null;
+    });
+  }
+
+  async function fetchPushTerminals() {
+    const data = await api('GET', '/api/push/terminals');
+    const items = (data && data.items) || [];
+    cache.pushBySerial = new Map(items.map((t) => [t.serialNumber, t]));
+    return items;
+  }
+
+  /** Push terminals for the devices page: asked only by admins (staff may not list them), failures are quiet. */
+  function fetchPushQuietly() {
+    if (!isAdmin()) return Promise.resolve(null);
+    return fetchPushTerminals().catch((e) => {
       if (e.expired) throw e;
       return null;
     });
@@ -354,8 +372,52 @@
 
   const AGENT_COLUMNS = ['Name', 'Site', 'Status', 'Version', 'Host', 'Connected since', 'Last heartbeat', 'Terminals'];
 
-  /** Latest `agent.outbox` event per agent (how full its local buffer is). */
+  /**
+   * Each agent's outbox fill (records read from terminals, not yet stored by the server): `{bytes, limitBytes,
+   * pendingRecords}` or null. The agents list's `outbox` is the base; `agent.outbox` events update it in between.
+   */
   const outboxes = new Map();
+
+  /** From this share of its bound on, an agent's outbox is shown as a warning (the agent itself warns at 80 %). */
+  const OUTBOX_WARNING = 0.8;
+
+  function outboxFromList(value) {
+    if (!value || typeof value !== 'object') return null;
+    return {
+      bytes: Number(value.bytes) || 0,
+      limitBytes: Number(value.limitBytes) || 0,
+      pendingRecords: typeof value.pendingRecords === 'number' ? value.pendingRecords : null,
+    };
+  }
+
+  /** The outbox figure of an agent row: a warning badge when nearly full, otherwise the plain figure. */
+  function outboxView(outbox) {
+    if (!outbox || !(outbox.limitBytes > 0)) return null;
+    const figure = `${formatBytes(outbox.bytes)} of ${formatBytes(outbox.limitBytes)}`;
+    const pending =
+      outbox.pendingRecords === null || outbox.pendingRecords === undefined
+        ? ''
+        : `; ${outbox.pendingRecords} ${plural(outbox.pendingRecords, 'record', 'records')} waiting`;
+    if (outbox.bytes >= outbox.limitBytes * OUTBOX_WARNING) {
+      const percent = Math.min(100, Math.floor((outbox.bytes / outbox.limitBytes) * 100));
+      return h(
+        'div',
+        { class: 'small' },
+        h(
+          'span',
+          {
+            class: 'badge badge-cached',
+            'data-field': 'outbox-warning',
+            title:
+              `Outbox ${figure}${pending}. When it is full the agent stops reading terminals (their records stay on ` +
+              'them) until the server stores what is queued: check the server and its database.',
+          },
+          `outbox ${percent}% full`,
+        ),
+      );
+    }
+    return h('div', { class: 'small muted', 'data-field': 'outbox', title: pending ? `Outbox${pending}` : null }, `outbox ${figure}`);
+  }
 
   const agentStatus = (a) => (a.revoked ? 'revoked' : a.connected ? 'connected' : 'offline');
 
@@ -372,15 +434,7 @@
     status.setAttribute('data-field', 'status');
     fill(status, badge(state, state));
     fill(version, a.version || dash());
-    const outbox = outboxes.get(a.id);
-    fill(
-      host,
-      a.hostname || dash(),
-      a.os ? h('div', { class: 'small muted' }, a.os) : null,
-      outbox && outbox.limitBytes
-        ? h('div', { class: 'small muted' }, `outbox ${formatBytes(outbox.bytes)} of ${formatBytes(outbox.limitBytes)}`)
-        : null,
-    );
+    fill(host, a.hostname || dash(), a.os ? h('div', { class: 'small muted' }, a.os) : null, outboxView(outboxes.get(a.id)));
     fill(since, timeEl(a.connectedSince));
     fill(seen, timeEl(a.lastSeen, { relative: true }));
     fill(terminals, reachList(a.devices || []));
@@ -413,6 +467,7 @@
       return agents;
     },
     (agents) => {
+      for (const a of agents) outboxes.set(a.id, outboxFromList(a.outbox));
       const sorted = [...agents].sort((a, b) => Number(a.revoked) - Number(b.revoked) || a.name.localeCompare(b.name));
       renderRows($('#agents-body'), sorted, (a) => a.id, buildAgentRow, updateAgentRow);
       $('#agents-empty').hidden = sorted.length > 0;
@@ -454,7 +509,13 @@
     const [name, address, site, reachable, lastSync, records] = row.cells;
     fill(name, h('strong', { 'data-field': 'name' }, d.name), d.active === false ? [' ', badge('inactive', 'muted')] : null);
     if (d.kind === 'push') {
-      fill(address, badge('push', 'muted', 'The terminal sends its punches to the server'), ' ', d.serialNumber || d.ipAddress || '');
+      fill(
+        address,
+        h('span', { class: 'badge badge-muted', 'data-field': 'kind', title: 'The terminal calls the server itself (ADMS push): no agent' }, 'push'),
+        ' ',
+        h('span', { class: 'mono' }, d.serialNumber || d.ipAddress || ''),
+        pushDetails(cache.pushBySerial.get(d.serialNumber)),
+      );
     } else {
       fill(address, h('span', { class: 'mono' }, `${d.ipAddress}:${d.port}`), d.transport === 'udp' ? ' (UDP)' : null);
     }
@@ -471,7 +532,44 @@
     return agent ? agent.name : `agent ${shortId(via.agentId)}`;
   }
 
+  const DIALECTS = {
+    att: 'attendance PUSH (2.x): ATTLOG uploads',
+    acc: 'security PUSH (3.x): registry, rtlog',
+  };
+
+  /** What a push terminal reported (admins: from the push terminals list): dialect, firmware, pending commands. */
+  function pushDetails(t) {
+    if (!t) return null;
+    const pending = Number(t.pendingCommands) || 0;
+    return h(
+      'div',
+      { class: 'small muted push-details' },
+      h('div', {}, 'dialect ', h('span', { 'data-field': 'dialect', title: DIALECTS[t.dialect] || null }, t.dialect || '?')),
+      t.firmware ? h('div', {}, 'firmware ', h('span', { 'data-field': 'firmware' }, t.firmware)) : null,
+      h(
+        'div',
+        { title: 'Commands queued for the terminal, or sent and not answered yet' },
+        h('span', { 'data-field': 'pending-commands' }, String(pending)),
+        ` ${plural(pending, 'command', 'commands')} pending`,
+      ),
+    );
+  }
+
   function reachCell(d) {
+    if (d.kind === 'push') {
+      return [
+        d.reachable
+          ? badge('yes', 'ok', 'It called within three poll intervals')
+          : badge('no', 'failed', 'It has not called within three poll intervals'),
+        h(
+          'div',
+          { class: 'small muted' },
+          d.lastContact
+            ? ['last call ', h('span', { 'data-field': 'last-contact' }, timeEl(d.lastContact, { relative: true }))]
+            : h('span', { 'data-field': 'last-contact' }, 'never called'),
+        ),
+      ];
+    }
     const via = d.reachableVia || [];
     if (!d.reachable || !via.length) return badge('no', 'failed', 'No connected agent reaches it now');
     return [
@@ -682,7 +780,7 @@
   const refreshDevices = refresher(
     'devices',
     async () => {
-      const [devices] = await Promise.all([fetchDevices(), fetchAgentsQuietly()]);
+      const [devices] = await Promise.all([fetchDevices(), fetchAgentsQuietly(), fetchPushQuietly()]);
       return devices;
     },
     (devices) => {
@@ -1058,11 +1156,135 @@
     }
   }
 
-  const refreshAdmin = refresher('admin', fetchAgents, (agents) => {
-    const sorted = [...agents].sort((a, b) => Number(a.revoked) - Number(b.revoked) || a.name.localeCompare(b.name));
-    renderRows($('#tokens-body'), sorted, (a) => a.id, buildTokenRow, updateTokenRow);
-    $('#tokens-empty').hidden = sorted.length > 0;
-  });
+  const refreshAdmin = refresher(
+    'admin',
+    async () => {
+      const [agents, push] = await Promise.all([
+        fetchAgents(),
+        fetchPushTerminals(),
+        fetchDevices().catch((e) => (e.expired ? Promise.reject(e) : null)),
+      ]);
+      return { agents, push };
+    },
+    ({ agents, push }) => {
+      const sorted = [...agents].sort((a, b) => Number(a.revoked) - Number(b.revoked) || a.name.localeCompare(b.name));
+      renderRows($('#tokens-body'), sorted, (a) => a.id, buildTokenRow, updateTokenRow);
+      $('#tokens-empty').hidden = sorted.length > 0;
+      renderPushTerminals(push);
+    },
+  );
+
+  // ---------------------------------------------------------------------------------------------------------------
+  // Admin page: push (ADMS) terminals, and claiming a quarantined one
+  // ---------------------------------------------------------------------------------------------------------------
+
+  const PUSH_COLUMNS = ['Serial number', 'State', 'Device', 'Dialect', 'Firmware', 'Last seen', 'Pending commands', 'Actions'];
+
+  const PUSH_STATE_TIPS = {
+    quarantined: 'Unknown serial: answered, but nothing it sends is stored and no command reaches it until claimed. It keeps its records.',
+    claimed: 'A push device has this serial: its punches are stored.',
+  };
+
+  /** Quarantined terminals first (they wait for someone), then by serial. */
+  function renderPushTerminals(items) {
+    const sorted = [...items].sort(
+      (a, b) => Number(a.status === 'claimed') - Number(b.status === 'claimed') || a.serialNumber.localeCompare(b.serialNumber),
+    );
+    renderRows($('#push-body'), sorted, (t) => t.serialNumber, buildPushRow, updatePushRow);
+    $('#push-empty').hidden = sorted.length > 0;
+  }
+
+  function buildPushRow(t) {
+    const row = emptyRow({ 'data-push-serial': t.serialNumber }, PUSH_COLUMNS);
+    row.cells[1].setAttribute('data-field', 'push-state');
+    row.cells[7].classList.add('actions');
+    return row;
+  }
+
+  function updatePushRow(row, t) {
+    const [serial, state, device, dialect, firmware, seen, pending, actions] = row.cells;
+    const quarantined = t.status !== 'claimed';
+    fill(serial, h('strong', { class: 'mono' }, t.serialNumber), t.lastAddress ? h('div', { class: 'small muted' }, `from ${t.lastAddress}`) : null);
+    // The state cell holds the bare word (tests read its text).
+    fill(state, badge(t.status, quarantined ? 'cached' : 'ok', PUSH_STATE_TIPS[t.status] || null));
+    fill(device, t.deviceName || (t.deviceId ? deviceName(t.deviceId) : dash()));
+    fill(dialect, h('span', { title: DIALECTS[t.dialect] || null }, t.dialect || '?'), t.pushVersion ? h('span', { class: 'muted' }, ` ${t.pushVersion}`) : null);
+    fill(firmware, t.firmware || dash());
+    fill(seen, timeEl(t.lastSeen, { relative: true }));
+    fill(pending, quarantined ? dash() : String(Number(t.pendingCommands) || 0));
+    let button = $('button[data-action="claim"]', actions);
+    if (!quarantined) {
+      if (button) actions.replaceChildren();
+      return;
+    }
+    if (!button) {
+      button = h('button', { type: 'button', class: 'btn btn-small btn-primary', 'data-action': 'claim' }, 'Claim…');
+      button.addEventListener('click', () => openClaim(t.serialNumber, button));
+      fill(actions, button);
+    }
+    button.setAttribute('aria-label', `Claim ${t.serialNumber}`);
+  }
+
+  /** The serial the claim form is open for, and the button that opened it (focus goes back there on cancel). */
+  const claim = { serial: null, opener: null };
+
+  function openClaim(serial, button) {
+    claim.serial = serial;
+    claim.opener = button;
+    $('#claim-form').reset();
+    $('#claim-serial').textContent = serial;
+    $('#claim-name').value = serial;
+    setMessage($('#claim-error'), '');
+    setMessage($('#claim-ok'), '');
+    $('#claim-form').hidden = false;
+    $('#claim-name').focus();
+  }
+
+  function closeClaim() {
+    const opener = claim.opener;
+    claim.serial = null;
+    claim.opener = null;
+    $('#claim-form').hidden = true;
+    setMessage($('#claim-error'), '');
+    if (opener && opener.isConnected) opener.focus();
+  }
+
+  async function onClaimSubmit(event) {
+    event.preventDefault();
+    const serial = claim.serial;
+    if (!serial) return;
+    const error = $('#claim-error');
+    const submit = $('#claim-submit');
+    const body = {
+      serialNumber: serial,
+      name: $('#claim-name').value.trim() || serial,
+      timezone: $('#claim-timezone').value.trim(),
+    };
+    const site = $('#claim-site').value.trim();
+    if (site) body.site = site;
+    if (!body.timezone) {
+      setMessage(error, 'Enter the time zone of the terminal’s clock, e.g. Asia/Kolkata: its punch times depend on it.');
+      $('#claim-timezone').focus();
+      return;
+    }
+    setMessage(error, '');
+    submit.disabled = true;
+    try {
+      const device = await api('POST', '/api/push/claim', body);
+      claim.serial = null;
+      claim.opener = null;
+      $('#claim-form').hidden = true;
+      const ok = $('#claim-ok');
+      setMessage(ok, `Claimed ${serial} as “${device && device.name ? device.name : serial}”. Its punches are stored from its next upload on, its backlog included.`);
+      ok.focus();
+      refreshAdmin();
+      invalidate('devices');
+    } catch (err) {
+      if (!err.expired) setMessage(error, err.message);
+    } finally {
+      submit.disabled = false;
+    }
+  }
 
   function fillTimeZones() {
     const zones = typeof Intl.supportedValuesOf === 'function' ? Intl.supportedValuesOf('timeZone') : [];
@@ -1079,7 +1301,7 @@
     devices: { refresh: refreshDevices, topics: ['devices', 'agents'] },
     history: { refresh: refreshHistory, topics: ['history'] },
     attendance: { refresh: refreshAttendance, topics: ['attendance'] },
-    admin: { refresh: refreshAdmin, topics: ['agents'] },
+    admin: { refresh: refreshAdmin, topics: ['agents', 'push'] },
   };
 
   function routeName() {
@@ -1117,6 +1339,9 @@
 
   const live = { source: null, opened: false, retryTimer: null, retryDelay: 2000 };
 
+  /** How often the admin page re-reads the push terminals (new serials and last contacts come with no event). */
+  const PUSH_POLL_MS = 5000;
+
   // Events name what changed; the visible page re-fetches when one of its topics did: 200 ms after the last event
   // of a burst, and at least once a second while a burst goes on (a big sync sends many).
   const DEBOUNCE_MS = 200;
@@ -1152,14 +1377,25 @@
       progress.delete(data.deviceId);
       invalidate('devices', 'history', 'attendance');
     },
+    // Push terminals' punches too (their uploads), so their devices' counts move like pulled ones'.
     'punches.stored': () => invalidate('devices', 'attendance'),
     // This client fell behind and events were dropped: reload whatever is shown.
     resync: () => invalidate('*'),
-    'agent.outbox': (data) => {
-      outboxes.set(data.agentId, { bytes: Number(data.bytes) || 0, limitBytes: Number(data.limitBytes) || 0 });
-      invalidate('agents');
-    },
+    'agent.outbox': onOutbox,
   };
+
+  /**
+   * An `agent.outbox` event: the agent's row changes at once; the list is fetched again for the record count,
+   * which the event does not carry.
+   */
+  function onOutbox(data) {
+    outboxes.set(data.agentId, { bytes: Number(data.bytes) || 0, limitBytes: Number(data.limitBytes) || 0, pendingRecords: null });
+    const agent = cache.agentById.get(data.agentId);
+    const rows = rowMaps.get($('#agents-body'));
+    const row = rows && rows.get(data.agentId);
+    if (agent && row) updateAgentRow(row, agent);
+    invalidate('agents');
+  }
 
   function setLive(open) {
     const el = $('#live');
@@ -1295,14 +1531,18 @@
   function resetPages() {
     const panel = document.getElementById('token-once');
     if (panel) panel.remove();
-    for (const id of ['#agents-body', '#devices-body', '#history-body', '#attendance-body', '#tokens-body']) clearRows($(id));
-    for (const el of document.querySelectorAll('.page-error, #device-error, #device-ok, #token-error, #revoke-error')) setMessage(el, '');
+    for (const id of ['#agents-body', '#devices-body', '#history-body', '#attendance-body', '#tokens-body', '#push-body']) clearRows($(id));
+    for (const el of document.querySelectorAll('.page-error, #device-error, #device-ok, #token-error, #revoke-error, #claim-error, #claim-ok')) setMessage(el, '');
+    $('#claim-form').hidden = true;
+    claim.serial = null;
+    claim.opener = null;
     syncRuns.clear();
     syncUi.clear();
     progress.clear();
     outboxes.clear();
     cache.deviceById = new Map();
     cache.agentById = new Map();
+    cache.pushBySerial = new Map();
     attendance.items = [];
     attendance.next = null;
     renderAttendance();
@@ -1400,6 +1640,8 @@
     });
     $('#device-form').addEventListener('submit', onDeviceSubmit);
     $('#token-form').addEventListener('submit', onTokenSubmit);
+    $('#claim-form').addEventListener('submit', onClaimSubmit);
+    $('#claim-cancel').addEventListener('click', closeClaim);
 
     // A safety net: nothing should reach here, but if it does the user sees it, and the console stays clean.
     window.addEventListener('unhandledrejection', (event) => {
@@ -1412,6 +1654,10 @@
     fillTimeZones();
     updateCsvLink({});
     setInterval(tickRelativeTimes, 1000);
+    // A push terminal that calls for the first time sends no event: the admin page looks again now and then.
+    setInterval(() => {
+      if (session.user && currentPage === 'admin' && !document.hidden) invalidate('push');
+    }, PUSH_POLL_MS);
     boot();
   }
 

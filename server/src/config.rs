@@ -5,6 +5,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use essl_server::auth::token::Secret;
 use essl_server::auth::{Supabase, SupabaseConfig};
@@ -25,6 +26,9 @@ pub struct FileSettings {
     pub tls_key: Option<PathBuf>,
     pub supabase_url: Option<String>,
     pub supabase_jwt_secret: Option<String>,
+    pub push_delay_seconds: Option<i64>,
+    pub push_error_delay_seconds: Option<i64>,
+    pub push_journal_days: Option<i64>,
 }
 
 /// Keys whose values are never shown, not even in a type error.
@@ -66,6 +70,37 @@ pub struct Sources {
     pub tls_key: Option<Given<PathBuf>>,
     pub supabase_url: Option<Given<String>>,
     pub supabase_jwt_secret: Option<Given<Secret>>,
+    pub push_delay_seconds: Option<Given<String>>,
+    pub push_error_delay_seconds: Option<Given<String>>,
+    pub push_journal_days: Option<Given<String>>,
+}
+
+/// Bounds of the push settings (whole numbers, inclusive).
+pub const PUSH_DELAY_SECONDS: (i64, i64) = (1, 3_600);
+pub const PUSH_ERROR_DELAY_SECONDS: (i64, i64) = (1, 3_600);
+pub const PUSH_JOURNAL_DAYS: (i64, i64) = (1, 3_650);
+
+/// The operator's push (ADMS) settings; `None` keeps the default of [`essl_server::push::PushConfig`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PushSettings {
+    /// `Delay` told to terminals: seconds between their polls.
+    pub delay: Option<Duration>,
+    /// `ErrorDelay` told to terminals: how long they wait after a failed request.
+    pub error_delay: Option<Duration>,
+    /// How long journaled push requests are kept.
+    pub journal_retention: Option<Duration>,
+}
+
+impl PushSettings {
+    /// `base` with these settings applied.
+    pub fn apply(&self, base: essl_server::push::PushConfig) -> essl_server::push::PushConfig {
+        essl_server::push::PushConfig {
+            delay: self.delay.unwrap_or(base.delay),
+            error_delay: self.error_delay.unwrap_or(base.error_delay),
+            journal_retention: self.journal_retention.unwrap_or(base.journal_retention),
+            ..base
+        }
+    }
 }
 
 /// The validated settings.
@@ -76,6 +111,7 @@ pub struct Settings {
     /// Certificate chain and private key (PEM).
     pub tls: Option<(PathBuf, PathBuf)>,
     pub supabase: Option<SupabaseConfig>,
+    pub push: PushSettings,
 }
 
 /// One invalid or missing value.
@@ -190,9 +226,48 @@ pub fn load(sources: Sources) -> Result<Settings, ConfigError> {
     }
     let supabase = SupabaseConfig::new(secret.map(|(s, _)| s.expose().to_owned()), url.map(|(u, _)| u));
 
+    // Whole numbers within bounds; from the command line or environment they arrive as text.
+    let mut whole = |key: &str, given: &Option<Given<String>>, file: Option<i64>, (min, max): (i64, i64)| {
+        let (value, origin) = match (given, file) {
+            (Some(g), _) => match g.value.trim().parse::<i64>() {
+                Ok(n) => (n, g.origin.clone()),
+                Err(_) => {
+                    problem(g.origin.clone(), format!("{:?} is not a whole number; want {min} to {max}", g.value));
+                    return None;
+                }
+            },
+            (None, Some(n)) => (n, in_file(key)),
+            (None, None) => return None,
+        };
+        if (min..=max).contains(&value) {
+            Some(u64::try_from(value).unwrap_or_default())
+        } else {
+            problem(origin, format!("{value} is out of range; want {min} to {max}"));
+            None
+        }
+    };
+    let push = PushSettings {
+        delay: whole("push_delay_seconds", &sources.push_delay_seconds, file.push_delay_seconds, PUSH_DELAY_SECONDS)
+            .map(Duration::from_secs),
+        error_delay: whole(
+            "push_error_delay_seconds",
+            &sources.push_error_delay_seconds,
+            file.push_error_delay_seconds,
+            PUSH_ERROR_DELAY_SECONDS,
+        )
+        .map(Duration::from_secs),
+        journal_retention: whole(
+            "push_journal_days",
+            &sources.push_journal_days,
+            file.push_journal_days,
+            PUSH_JOURNAL_DAYS,
+        )
+        .map(|days| Duration::from_secs(days * 86_400)),
+    };
+
     match (listen, database_url, tls) {
         (Ok(listen), Ok(database_url), Ok(tls)) if problems.is_empty() => {
-            Ok(Settings { listen, database_url, tls, supabase })
+            Ok(Settings { listen, database_url, tls, supabase, push })
         }
         _ => Err(ConfigError { problems }),
     }
@@ -347,6 +422,50 @@ mod tests {
         let key = flag(dir.join("key.pem"), "tls-key");
         let text = load(Sources { tls_key: key, ..Sources::default() }).expect_err("half").to_string();
         assert!(text.starts_with("--tls-key: given without a certificate"), "{text}");
+    }
+
+    #[test]
+    fn push_settings() {
+        let dir = tempdir("push");
+        let f = write(
+            &dir,
+            "server.toml",
+            "push_delay_seconds = 30\npush_error_delay_seconds = 60\npush_journal_days = 7\n",
+        );
+        let s = load(Sources { config_file: file(&f), ..Sources::default() }).expect("valid");
+        assert_eq!(s.push.delay, Some(Duration::from_secs(30)));
+        assert_eq!(s.push.error_delay, Some(Duration::from_secs(60)));
+        assert_eq!(s.push.journal_retention, Some(Duration::from_secs(7 * 86_400)));
+        let applied = s.push.apply(essl_server::push::PushConfig::default());
+        assert_eq!(applied.delay, Duration::from_secs(30));
+        assert_eq!(applied.journal_retention, Duration::from_secs(7 * 86_400));
+        // The environment (or a flag) wins over the file; nothing given keeps the defaults.
+        let env = Some(Given { value: " 5 ".to_owned(), origin: Origin::Env("ESSL_PUSH_DELAY_SECONDS") });
+        let s = load(Sources { config_file: file(&f), push_delay_seconds: env, ..Sources::default() }).expect("valid");
+        assert_eq!(s.push.delay, Some(Duration::from_secs(5)));
+        assert_eq!(load(Sources::default()).expect("valid").push, PushSettings::default());
+
+        let f = write(
+            &dir,
+            "bad.toml",
+            "push_delay_seconds = 0\npush_error_delay_seconds = 86400\npush_journal_days = -1\n",
+        );
+        let err = load(Sources { config_file: file(&f), ..Sources::default() }).expect_err("out of range");
+        let text = err.to_string();
+        for key in ["push_delay_seconds", "push_error_delay_seconds", "push_journal_days"] {
+            assert!(text.contains(&format!("`{key}` in {}", f.display())), "{key}: {text}");
+        }
+        assert_eq!(err.problems.len(), 3, "{text}");
+        let f = write(&dir, "type.toml", "push_journal_days = \"30\"\n");
+        let text = load(Sources { config_file: file(&f), ..Sources::default() }).expect_err("type").to_string();
+        assert!(text.contains("`push_journal_days` in") && text.contains("line 1"), "{text}");
+        let text = load(Sources {
+            push_error_delay_seconds: flag("10s".into(), "push-error-delay-seconds"),
+            ..Sources::default()
+        })
+        .expect_err("flag")
+        .to_string();
+        assert!(text.starts_with("--push-error-delay-seconds: \"10s\" is not a whole number"), "{text}");
     }
 
     #[test]

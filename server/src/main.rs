@@ -46,7 +46,8 @@ struct DbArgs {
     /// Database: `sqlite://PATH` (created on first run) or `postgres://...` [default: sqlite://essl-relay.db].
     #[arg(long, env = "ESSL_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
-    /// A TOML settings file (keys: listen, database_url, tls_cert, tls_key, supabase_url, supabase_jwt_secret).
+    /// A TOML settings file (keys: listen, database_url, tls_cert, tls_key, supabase_url, supabase_jwt_secret,
+    /// push_delay_seconds, push_error_delay_seconds, push_journal_days).
     /// Flags win over environment variables, which win over the file.
     #[arg(long, env = "ESSL_CONFIG", value_name = "FILE")]
     config: Option<String>,
@@ -74,6 +75,17 @@ struct ServeArgs {
     /// environment variable or the settings file: command lines are visible to other users of the machine.
     #[arg(long, env = "ESSL_SUPABASE_JWT_SECRET", hide_env_values = true, value_name = "SECRET")]
     supabase_jwt_secret: Option<token::Secret>,
+    /// Push (ADMS) terminals: seconds between their polls, told to them as `Delay` (1 to 3600) [default: 10].
+    /// A push terminal counts as reachable while it called within three of these.
+    #[arg(long, env = "ESSL_PUSH_DELAY_SECONDS", value_name = "SECONDS")]
+    push_delay_seconds: Option<String>,
+    /// Push terminals: seconds they wait after a failed request, told to them as `ErrorDelay` (1 to 3600)
+    /// [default: 30].
+    #[arg(long, env = "ESSL_PUSH_ERROR_DELAY_SECONDS", value_name = "SECONDS")]
+    push_error_delay_seconds: Option<String>,
+    /// Days the push request journal is kept (1 to 3650) [default: 30].
+    #[arg(long, env = "ESSL_PUSH_JOURNAL_DAYS", value_name = "DAYS")]
+    push_journal_days: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,6 +163,27 @@ fn main() -> ExitCode {
                     "supabase_jwt_secret",
                     "supabase-jwt-secret",
                     "ESSL_SUPABASE_JWT_SECRET",
+                ),
+                push_delay_seconds: given(
+                    args.push_delay_seconds,
+                    m,
+                    "push_delay_seconds",
+                    "push-delay-seconds",
+                    "ESSL_PUSH_DELAY_SECONDS",
+                ),
+                push_error_delay_seconds: given(
+                    args.push_error_delay_seconds,
+                    m,
+                    "push_error_delay_seconds",
+                    "push-error-delay-seconds",
+                    "ESSL_PUSH_ERROR_DELAY_SECONDS",
+                ),
+                push_journal_days: given(
+                    args.push_journal_days,
+                    m,
+                    "push_journal_days",
+                    "push-journal-days",
+                    "ESSL_PUSH_JOURNAL_DAYS",
                 ),
                 ..db_sources(args.db, m)
             };
@@ -306,7 +339,17 @@ async fn create_token(role: RoleArg, name: &str, database_url: &str) -> anyhow::
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let store = open_store(&settings.database_url).await?;
-    let config = ServerConfig { tls: settings.tls.is_some(), ..ServerConfig::default() };
+    let config = ServerConfig {
+        tls: settings.tls.is_some(),
+        push: settings.push.apply(essl_server::push::PushConfig::default()),
+        ..ServerConfig::default()
+    };
+    tracing::info!(
+        delay_s = config.push.delay.as_secs(),
+        error_delay_s = config.push.error_delay.as_secs(),
+        journal_days = config.push.journal_retention.as_secs() / 86_400,
+        "push terminals: poll interval, retry delay, journal retention"
+    );
     let mut state = AppState::new(store, config);
     if let Some(config) = settings.supabase {
         state.auth = state.auth.clone().with_supabase(config).context("Supabase logins")?;

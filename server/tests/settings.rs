@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_essl-server");
@@ -19,6 +19,9 @@ const VARS: &[&str] = &[
     "ESSL_TLS_KEY",
     "ESSL_SUPABASE_URL",
     "ESSL_SUPABASE_JWT_SECRET",
+    "ESSL_PUSH_DELAY_SECONDS",
+    "ESSL_PUSH_ERROR_DELAY_SECONDS",
+    "ESSL_PUSH_JOURNAL_DAYS",
 ];
 
 fn tempdir(tag: &str) -> PathBuf {
@@ -136,5 +139,132 @@ async fn environment_wins_over_the_file() {
     let line = serving.unwrap_or_else(|log| panic!("did not start:\n{log}"));
     assert!(line.contains("127.0.0.1:") && line.contains("sqlite"), "{line}");
     assert!(db.exists(), "the database of the file was used");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A log line without its colours (ANSI escape sequences).
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters, ended by a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Starts `serve` and waits for its "serving HTTP" line; answers the child, every line logged until then, and the
+/// rest of its log, read on in the background (so the server's stderr stays open) until it exits.
+async fn started(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, Vec<String>, tokio::task::JoinHandle<Vec<String>>) {
+    let mut child = server(args, env).stderr(Stdio::piped()).kill_on_drop(true).spawn().expect("starts");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let log = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut seen = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let line = plain(&line);
+            let done = line.contains("serving HTTP");
+            seen.push(line);
+            if done {
+                return Ok(seen);
+            }
+        }
+        Err(seen.join("\n"))
+    })
+    .await
+    .expect("starts within 30 s")
+    .unwrap_or_else(|log| panic!("did not start:\n{log}"));
+    let rest = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            rest.push(plain(&line));
+        }
+        rest
+    });
+    (child, log, rest)
+}
+
+#[tokio::test]
+async fn bad_push_settings_exit_2_naming_key_and_source() {
+    let dir = tempdir("push-bad");
+    let f = write(&dir, "server.toml", "push_delay_seconds = 0\npush_journal_days = \"a month\"\n");
+    let file = f.to_str().expect("utf-8");
+    let err = refused(&["serve", "--config", file], &[]).await;
+    assert!(err.contains(&format!("`push_journal_days` in {file}")) && err.contains("line 2"), "{err}");
+    let f = write(&dir, "range.toml", "push_delay_seconds = 0\npush_error_delay_seconds = 7200\n");
+    let file = f.to_str().expect("utf-8");
+    let err = refused(&["serve", "--config", file], &[]).await;
+    assert!(err.contains(&format!("`push_delay_seconds` in {file}: 0 is out of range; want 1 to 3600")), "{err}");
+    assert!(err.contains(&format!("`push_error_delay_seconds` in {file}: 7200 is out of range")), "{err}");
+
+    let err = refused(&["serve"], &[("ESSL_PUSH_JOURNAL_DAYS", "forever")]).await;
+    assert!(err.contains("environment variable ESSL_PUSH_JOURNAL_DAYS: \"forever\" is not a whole number"), "{err}");
+    let err = refused(&["serve", "--push-error-delay-seconds=-5"], &[]).await;
+    assert!(err.contains("--push-error-delay-seconds: -5 is out of range"), "{err}");
+    // The flag wins over the variable, which wins over the file: a good flag hides a bad variable.
+    let err = refused(
+        &["serve", "--config", file, "--push-delay-seconds", "15"],
+        &[("ESSL_PUSH_ERROR_DELAY_SECONDS", "3601")],
+    )
+    .await;
+    assert!(!err.contains("push_delay_seconds"), "{err}");
+    assert!(err.contains("environment variable ESSL_PUSH_ERROR_DELAY_SECONDS: 3601 is out of range"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn push_settings_reach_the_terminals() {
+    let dir = tempdir("push-good");
+    let db = dir.join("essl.db");
+    let f = write(
+        &dir,
+        "server.toml",
+        &format!(
+            "listen = \"127.0.0.1:0\"\ndatabase_url = \"sqlite://{}\"\npush_delay_seconds = 7\n\
+             push_error_delay_seconds = 45\npush_journal_days = 3\n",
+            db.display()
+        ),
+    );
+    // The environment wins over the file's error delay.
+    let (mut child, log, rest) =
+        started(&["serve", "--config", f.to_str().expect("utf-8")], &[("ESSL_PUSH_ERROR_DELAY_SECONDS", "9")]).await;
+    let push = log.iter().find(|l| l.contains("push terminals")).unwrap_or_else(|| panic!("{log:#?}"));
+    assert!(
+        push.contains("delay_s=7") && push.contains("error_delay_s=9") && push.contains("journal_days=3"),
+        "{push}"
+    );
+    let serving = log.last().expect("a line");
+    let addr = serving
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .unwrap_or_else(|| panic!("no address in {serving}"))
+        .to_owned();
+
+    // A terminal's handshake is told exactly those delays.
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.expect("connects");
+    let request = format!(
+        "GET /iclock/cdata?SN=SETTINGS0001&options=all&pushver=2.4.1 HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("sends");
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+        .await
+        .expect("answers within 10 s")
+        .expect("reads");
+    let _ = child.kill().await;
+    let rest = rest.await.unwrap_or_default();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}\n{}", rest.join("\n"));
+    let lines: Vec<&str> = answer.lines().map(str::trim).collect();
+    assert!(lines.contains(&"Delay=7") && lines.contains(&"ErrorDelay=9"), "{answer}");
     let _ = std::fs::remove_dir_all(dir);
 }

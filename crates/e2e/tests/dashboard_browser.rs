@@ -2,11 +2,13 @@
 //! against a real server, agent and simulated terminal: what a person sees and does. Skipped with a `SKIPPED
 //! browser:` line when Chromium is missing; `.ci/run` installs it, sets `ESSL_REQUIRE_BROWSER` and fails on skips.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use essl_e2e::browser::{Page, launch_or_skip};
 use essl_e2e::*;
+use essl_server::hub::HubEvent;
 use essl_zk_sim::generate;
+use essl_zk_sim::push::{PushConfig, PushTerminal};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -314,6 +316,194 @@ async fn wrong_login_and_expired_session() {
     page.click("a[data-nav='devices']").await.expect("devices tab");
     wait(&page, "(document.querySelector('#login-error')?.textContent || '').includes('session expired')").await;
     wait(&page, "!document.querySelector('#login-form').closest('[hidden]')").await;
+    drop(page);
+    browser.close().await;
+    server.stop().await;
+}
+
+/// Waits until `done` holds (checked every 50 ms), at most [`WAIT`].
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The predicate "the text of `selector` is `expected`" (trimmed).
+fn text_is(selector: &str, expected: &str) -> String {
+    format!("(document.querySelector({})?.textContent ?? '').trim() === {}", js(selector), js(expected))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn push_terminal_claimed_and_its_punches_live() {
+    let Some(browser) = launch_or_skip("push_terminal_claimed_and_its_punches_live").await else { return };
+    const SERIAL: &str = "CEXJ201260042";
+    const BACKLOG: usize = 400;
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let server = Server::start(&db).await;
+    // A terminal set to "Cloud Server" with this server's address: unknown here, so quarantined; it keeps its
+    // backlog and tries again.
+    let mut config = PushConfig::new(server.addr, SERIAL);
+    config.min_delay = Duration::from_millis(50);
+    config.initial_error_delay = Duration::from_millis(500);
+    config.timeout = Duration::from_secs(5);
+    config.batch = 50;
+    let terminal = PushTerminal::start(&generate::generate(6, BACKLOG, 5), config);
+    wait_until("the terminal was turned away", || terminal.stats().failures >= 1).await;
+
+    let page = browser.new_page().await.expect("page");
+    log_in(&page, &server, ADMIN_USER, PASSWORD).await;
+    wait(&page, "!document.querySelector('#nav-admin-item')?.hidden").await;
+    wait(&page, "document.querySelector('#live')?.dataset.state === 'open'").await;
+
+    // Admin: the serial is listed, quarantined, with the dialect of its handshake.
+    page.click("a[data-nav='admin']").await.expect("admin tab");
+    let prow = format!("tr[data-push-serial='{SERIAL}']");
+    wait(&page, &text_is(&format!("{prow} [data-field=push-state]"), "quarantined")).await;
+    let listed = text(&page, &prow).await;
+    assert!(listed.contains("att"), "the dialect of its handshake: {listed}");
+    assert_eq!(server.state.store.count_attendance(None).await.expect("count"), 0, "nothing stored while quarantined");
+
+    // Claim it through the form (a cookie session: the request carries the CSRF token, or it would be refused).
+    page.click(&format!("{prow} button[data-action=claim]")).await.expect("claim");
+    wait(&page, "!document.querySelector('#claim-form').hidden").await;
+    assert_eq!(text(&page, "#claim-serial").await, SERIAL);
+    page.fill("#claim-name", "Gate <b>B</b>").await.expect("name");
+    page.fill("#claim-site", "HQ").await.expect("site");
+    page.fill("#claim-timezone", "Asia/Kolkata").await.expect("time zone");
+    page.click("#claim-submit").await.expect("submit");
+    wait(&page, &text_is(&format!("{prow} [data-field=push-state]"), "claimed")).await;
+    wait(&page, "document.querySelector('#claim-form').hidden").await;
+    assert_eq!(
+        page.eval(&format!("!!document.querySelector(\"{prow} button[data-action=claim]\")")).await.expect("eval"),
+        json!(false)
+    );
+    let (_, devices) = server.get("/api/devices").await;
+    let device = devices["items"]
+        .as_array()
+        .and_then(|a| a.iter().find(|d| d["serialNumber"] == SERIAL))
+        .unwrap_or_else(|| panic!("the claimed device: {devices}"))
+        .clone();
+    assert_eq!(
+        (&device["kind"], &device["site"], &device["timezone"]),
+        (&json!("push"), &json!("HQ"), &json!("Asia/Kolkata"))
+    );
+    let id = device["id"].as_str().expect("id").to_owned();
+
+    // Devices: the push device beside pulled ones, its backlog arriving, then each new punch, without a reload.
+    page.click("a[data-nav='devices']").await.expect("devices tab");
+    page.eval("window.__samePage = true").await.expect("marker");
+    let drow = format!("[data-device-id='{id}']");
+    wait(&page, &text_is(&format!("{drow} [data-field=name]"), "Gate <b>B</b>")).await;
+    assert_eq!(text(&page, &format!("{drow} [data-field=kind]")).await, "push");
+    wait(&page, &text_is(&format!("{drow} [data-field=records]"), &BACKLOG.to_string())).await;
+    terminal.punch(1, 1, 0);
+    wait(&page, &text_is(&format!("{drow} [data-field=records]"), &(BACKLOG + 1).to_string())).await;
+    terminal.punch(2, 15, 1);
+    wait(&page, &text_is(&format!("{drow} [data-field=records]"), &(BACKLOG + 2).to_string())).await;
+    assert_eq!(page.eval("window.__samePage === true").await.expect("eval"), json!(true), "the page was reloaded");
+    // Last contact, dialect, firmware and the command queue (admins see what the push terminals list has).
+    let contact = text(&page, &format!("{drow} [data-field=last-contact]")).await;
+    assert!(contact.ends_with("ago"), "last contact: {contact}");
+    assert_eq!(text(&page, &format!("{drow} [data-field=dialect]")).await, "att");
+    wait(&page, &text_is(&format!("{drow} [data-field=firmware]"), "Ver 8.0.4.2-sim")).await;
+    assert_eq!(text(&page, &format!("{drow} [data-field=pending-commands]")).await, "0");
+    wait_until("the terminal caught up", || terminal.caught_up()).await;
+    let stored = server.state.store.count_attendance(Some(id.parse().expect("uuid"))).await.expect("count");
+    assert_eq!(stored, terminal.records().len() as i64);
+
+    // The admin page with its push terminals fits a phone.
+    page.set_viewport(375, 740, true).await.expect("phone");
+    page.click("a[data-nav='admin']").await.expect("admin tab");
+    wait(&page, &text_is(&format!("{prow} [data-field=push-state]"), "claimed")).await;
+    let fits = page.eval("document.documentElement.scrollWidth <= window.innerWidth + 1").await.expect("eval");
+    assert_eq!(fits, json!(true), "the admin page scrolls sideways at 375 px");
+
+    let problems = page.console_problems();
+    assert!(problems.is_empty(), "console problems: {problems:#?}");
+    terminal.stop().await;
+
+    // The push terminals list carries what the page shows: a command queued for the stopped terminal waits.
+    let (status, queued) = server.post(&format!("/api/devices/{id}/commands"), json!({"type": "info"})).await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{queued}");
+    let (_, list) = server.get("/api/push/terminals").await;
+    let t = list["items"]
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["serialNumber"] == SERIAL).cloned())
+        .unwrap_or_else(|| panic!("listed: {list}"));
+    assert_eq!(
+        (&t["status"], &t["deviceName"], &t["dialect"], &t["firmware"], &t["pendingCommands"]),
+        (&json!("claimed"), &json!("Gate <b>B</b>"), &json!("att"), &json!("Ver 8.0.4.2-sim"), &json!(1)),
+        "{t}"
+    );
+    drop(page);
+    browser.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nearly_full_agent_outbox_shows_a_warning() {
+    let Some(browser) = launch_or_skip("a_nearly_full_agent_outbox_shows_a_warning").await else { return };
+    const LIMIT: u64 = 256 << 10;
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let server = Server::start(&db).await;
+    let mut events = server.events();
+    // The database refuses every punch: what the agent reads stays in its outbox, which fills past 80 %.
+    db.refuse_punches(true).await;
+    let sim = terminal(&generate::generate(20, 3_000, 7)).await;
+    let device = server.add_device("Front door", sim.addr, "HQ").await;
+    let (agent_id, token) = server.add_agent("office-pc", "HQ").await;
+    let agent = Agent::start_configured(&server.ws_url(), &token, |c| {
+        c.collect.outbox_max_bytes = LIMIT;
+        c.collect.sync_interval = Duration::from_secs(1);
+        c.timing.ack_timeout = Duration::from_secs(1);
+        c.probe_interval = Some(Duration::from_millis(300));
+    });
+    wait_reachable(&server, &device, &agent_id).await;
+    let agent_uuid: Uuid = agent_id.parse().expect("uuid");
+    wait_event(&mut events, WAIT, |e| {
+        matches!(e, HubEvent::OutboxFill { agent_id, bytes, limit_bytes }
+            if *agent_id == agent_uuid && *limit_bytes == LIMIT && *bytes * 100 >= LIMIT * 80)
+    })
+    .await;
+
+    // A page opened now shows it from the agents list (the fill no longer changes, so no event brings it).
+    let page = browser.new_page().await.expect("page");
+    log_in(&page, &server, STAFF_USER, PASSWORD).await;
+    wait(&page, "document.querySelector('#live')?.dataset.state === 'open'").await;
+    let row = format!("tr[data-agent-id='{agent_id}']");
+    wait(&page, &format!("!!document.querySelector(\"{row} [data-field=outbox-warning]\")")).await;
+    let warning = text(&page, &format!("{row} [data-field=outbox-warning]")).await;
+    let percent: u64 = warning
+        .strip_prefix("outbox ")
+        .and_then(|w| w.strip_suffix("% full"))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the warning's text: {warning}"));
+    assert!((80..=100).contains(&percent), "{warning}");
+    let colour = page
+        .eval(&format!("getComputedStyle(document.querySelector(\"{row} [data-field=outbox-warning]\")).color"))
+        .await
+        .expect("eval");
+    assert_eq!(colour, json!("rgb(180, 83, 9)"), "amber");
+
+    // The database takes punches again: the outbox drains and the warning gives way to the plain figure, live.
+    page.eval("window.__samePage = true").await.expect("marker");
+    db.refuse_punches(false).await;
+    wait(
+        &page,
+        &format!(
+            "!document.querySelector(\"{row} [data-field=outbox-warning]\") && \
+             (document.querySelector(\"{row} [data-field=outbox]\")?.textContent ?? '').includes(' of 256.0 KB')"
+        ),
+    )
+    .await;
+    assert_eq!(page.eval("window.__samePage === true").await.expect("eval"), json!(true), "the page was reloaded");
+
+    let problems = page.console_problems();
+    assert!(problems.is_empty(), "console problems: {problems:#?}");
+    agent.stop().await;
+    sim.stop().await;
     drop(page);
     browser.close().await;
     server.stop().await;

@@ -17,7 +17,7 @@ use super::{List, openapi};
 use crate::app::AppState;
 use crate::push::{Command, QueueError, UserSpec};
 use crate::store::model::{DeviceKind, NewDevice};
-use crate::store::{JournalEntry, PushCommand, PushTerminal};
+use crate::store::{CommandStatus, JournalEntry, PushCommand, PushTerminal};
 
 /// A serial number that called `/iclock/...`.
 #[derive(Debug, Serialize, ToSchema)]
@@ -29,6 +29,8 @@ pub struct PushTerminalView {
     pub status: &'static str,
     /// The device, when claimed.
     pub device_id: Option<Uuid>,
+    /// The device's name, when claimed.
+    pub device_name: Option<String>,
     #[schema(format = DateTime)]
     pub first_seen: String,
     #[schema(format = DateTime)]
@@ -39,21 +41,44 @@ pub struct PushTerminalView {
     pub push_version: Option<String>,
     /// `att` (attendance PUSH 2.x) or `acc` (security PUSH 3.x).
     pub dialect: String,
+    /// Its firmware version as it reported it (`FWVersion` of its polls' INFO, `FirmVer` of a 3.x registry),
+    /// when it did.
+    pub firmware: Option<String>,
+    /// Commands of its device waiting to be fetched or answered (`queued` or `sent`); 0 when quarantined.
+    pub pending_commands: u32,
     /// What it reported about itself (INFO, options, registry), as sent.
     #[schema(value_type = Object)]
     pub info: serde_json::Value,
 }
 
-fn terminal_view(t: PushTerminal, device_id: Option<Uuid>) -> PushTerminalView {
+/// The keys under which terminals report their firmware version, most specific first.
+const FIRMWARE_KEYS: [&str; 5] = ["FWVersion", "FirmVer", "~FirmVer", "FirmwareVersion", "~FWVersion"];
+
+fn firmware(info: &serde_json::Value) -> Option<String> {
+    FIRMWARE_KEYS
+        .iter()
+        .filter_map(|k| info.get(*k).and_then(serde_json::Value::as_str))
+        .map(str::trim)
+        .find(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
+fn terminal_view(t: PushTerminal, device: Option<(Uuid, String)>, pending_commands: u32) -> PushTerminalView {
+    let info: serde_json::Value =
+        t.info.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_else(|| serde_json::json!({}));
+    let (device_id, device_name) = device.unzip();
     PushTerminalView {
         status: if device_id.is_some() { "claimed" } else { "quarantined" },
         device_id,
+        device_name,
         first_seen: t.first_seen.to_string(),
         last_seen: t.last_seen.to_string(),
         last_address: t.last_address,
         push_version: t.push_version,
         dialect: t.dialect,
-        info: t.info.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_else(|| serde_json::json!({})),
+        firmware: firmware(&info),
+        pending_commands,
+        info,
         serial_number: t.serial,
     }
 }
@@ -75,22 +100,26 @@ fn terminal_view(t: PushTerminal, device_id: Option<Uuid>) -> PushTerminalView {
 )]
 pub async fn terminals(State(state): State<AppState>, _admin: Admin) -> Result<Json<List<PushTerminalView>>, ApiError> {
     let devices = state.store.list_devices(false).await?;
-    let items = state
-        .store
-        .list_push_terminals()
-        .await?
-        .into_iter()
-        .map(|t| {
-            let id = devices
-                .iter()
-                .find(|d| {
-                    d.kind == DeviceKind::Push && d.active && d.serial_number.as_deref() == Some(t.serial.as_str())
-                })
-                .map(|d| d.id);
-            terminal_view(t, id)
-        })
-        .collect();
+    let mut items = Vec::new();
+    for t in state.store.list_push_terminals().await? {
+        let device = devices
+            .iter()
+            .find(|d| d.kind == DeviceKind::Push && d.active && d.serial_number.as_deref() == Some(t.serial.as_str()));
+        let pending = match device {
+            Some(d) => pending_commands(&state, d.id).await?,
+            None => 0,
+        };
+        items.push(terminal_view(t, device.map(|d| (d.id, d.name.clone())), pending));
+    }
     Ok(Json(List { items, next_cursor: None }))
+}
+
+/// How many of a push device's commands wait for the terminal: queued, or sent without a result yet (among its
+/// latest 200, as `GET /api/devices/{id}/commands` lists them).
+async fn pending_commands(state: &AppState, device_id: Uuid) -> Result<u32, ApiError> {
+    let commands = state.store.list_push_commands(device_id, 200).await?;
+    let pending = commands.iter().filter(|c| matches!(c.status, CommandStatus::Queued | CommandStatus::Sent)).count();
+    Ok(u32::try_from(pending).unwrap_or(u32::MAX))
 }
 
 /// Body of `POST /api/push/claim`.
