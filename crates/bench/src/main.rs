@@ -1,10 +1,12 @@
 //! `essl-bench`: benchmarks that print figures and ratios, on loopback, so anyone can run them:
 //! `cargo run --release -p essl-bench -- zk-read` (against an `essl-sim` process), `-- sync` and `-- check`
-//! (server, agent and simulated terminal in this process, with the end-to-end harness of `essl-e2e`), and `-- soak`
-//! (the same under random faults, then none lost and none doubled, or exit code 1).
+//! (server, agent and simulated terminal in this process, with the end-to-end harness of `essl-e2e`), `-- soak`
+//! (the same under random faults, then none lost and none doubled, or exit code 1), and `-- push` (pushed ATTLOG
+//! lines per second into a real server over HTTP).
 
 mod check;
 mod office;
+mod push;
 mod soak;
 mod stats;
 mod sync;
@@ -31,6 +33,9 @@ enum Bench {
     /// Punches continuously while random faults hit agents, server, network, terminal and database; then heal
     /// and check that the database holds exactly the terminal's records (exit code 1 if any was lost or doubled).
     Soak(soak::Args),
+    /// Pushed ATTLOG lines ingested per second over HTTP (a claimed push terminal, real server), in batches of 1
+    /// and of 500 lines, on SQLite and PostgreSQL.
+    Push(push::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,7 +43,7 @@ fn main() -> anyhow::Result<()> {
     // The client alone on one thread; server, agent and terminal together on a runtime like the server's.
     let runtime = match cli.bench {
         Bench::ZkRead(_) => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
-        Bench::Sync(_) | Bench::Check(_) | Bench::Soak(_) => {
+        Bench::Sync(_) | Bench::Check(_) | Bench::Soak(_) | Bench::Push(_) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?
         }
     };
@@ -47,5 +52,6 @@ fn main() -> anyhow::Result<()> {
         Bench::Sync(args) => runtime.block_on(sync::run(args)),
         Bench::Check(args) => runtime.block_on(check::run(args)),
         Bench::Soak(args) => runtime.block_on(soak::run(args)),
+        Bench::Push(args) => runtime.block_on(push::run(args)),
     }
 }

@@ -94,15 +94,22 @@ impl Server {
 
     /// A server at a given address: a restarted server on the port of the one before, as agents know it.
     pub async fn start_at(db: &TestDb, hub: HubConfig, addr: SocketAddr) -> Server {
+        Self::start_push(db, hub, test_push(), addr).await
+    }
+
+    /// A server at `addr` with the given push (ADMS) settings (benchmarks lift the rate limits).
+    pub async fn start_push(
+        db: &TestDb,
+        hub: HubConfig,
+        push: essl_server::push::PushConfig,
+        addr: SocketAddr,
+    ) -> Server {
         init_tracing();
         let store = Store::connect(&db.url).await.expect("database opens and migrates");
         let admin = api_token(&store, "admin", Role::Admin).await;
         let staff = api_token(&store, "staff", Role::Staff).await;
         dashboard_users(&store).await;
-        let state = AppState::new(
-            store,
-            ServerConfig { hub, grace: Duration::from_secs(5), push: test_push(), ..test_config() },
-        );
+        let state = AppState::new(store, ServerConfig { hub, grace: Duration::from_secs(5), push, ..test_config() });
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();

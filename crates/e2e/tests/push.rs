@@ -18,15 +18,20 @@ on_both_backends!(
     quarantine_until_claimed,
     user_commands_and_injection,
     malformed_requests_are_journaled_and_answered,
+    london_punches_across_both_dst_changes,
+    kolkata_is_five_and_a_half_hours_ahead,
+    a_serial_claimed_by_another_site_is_refused,
 );
 
 /// Claims `serial` for site HQ in Asia/Kolkata; answers the device id.
 async fn claim(server: &Server, serial: &str) -> String {
+    claim_in(server, serial, "HQ", "Asia/Kolkata").await
+}
+
+/// Claims `serial` for `site` in the IANA zone `timezone`; answers the device id.
+async fn claim_in(server: &Server, serial: &str, site: &str, timezone: &str) -> String {
     let (status, body) = server
-        .post(
-            "/api/push/claim",
-            json!({"serialNumber": serial, "name": serial, "site": "HQ", "timezone": "Asia/Kolkata"}),
-        )
+        .post("/api/push/claim", json!({"serialNumber": serial, "name": serial, "site": site, "timezone": timezone}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["kind"], "push");
@@ -416,5 +421,181 @@ async fn malformed_requests_are_journaled_and_answered(db: TestDb) {
     assert!(flags.contains(&4), "the future punch is flagged: {flags:?}");
     let (status, _) = server.get("/healthz").await;
     assert_eq!(status, StatusCode::OK);
+    server.stop().await;
+}
+
+/// The attendance handshake of a 2.x terminal (`GET cdata?options=all`): the option lines the server answers.
+async fn handshake_options(server: &Server, serial: &str) -> Vec<String> {
+    let url = server.url(&format!("/iclock/cdata?SN={serial}&options=all&pushver=2.4.1&language=69"));
+    let r = reqwest::get(url).await.expect("answer");
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = r.text().await.expect("body");
+    assert!(text.starts_with(&format!("GET OPTION FROM: {serial}\n")), "{text}");
+    text.lines().map(str::to_owned).collect()
+}
+
+/// A fixture of three users whose punches are `(user index, local time)`, oldest first.
+fn fixture_with(punches: &[(usize, &str)]) -> essl_zk_sim::Fixture {
+    let mut fixture = generate::generate(3, 0, 4);
+    fixture.attendance = punches
+        .iter()
+        .map(|&(user, time)| {
+            let u = &fixture.users[user];
+            essl_zk_sim::fixture::PunchFixture {
+                uid: u.uid,
+                user_id: u.user_id.clone(),
+                timestamp: time.to_owned(),
+                raw_time: None,
+                status: 1,
+                punch: 0,
+            }
+        })
+        .collect();
+    fixture
+}
+
+/// The stored row of `user` at `local` (the terminal's wall clock, `YYYY-MM-DDTHH:MM:SS`).
+fn row_at<'a>(rows: &'a [Value], user: &str, local: &str) -> &'a Value {
+    rows.iter()
+        .find(|r| r["userId"] == user && r["localTime"] == local)
+        .unwrap_or_else(|| panic!("no row of {user} at {local}: {rows:?}"))
+}
+
+/// The instant the server answers for a row.
+fn punched_at(row: &Value) -> jiff::Timestamp {
+    row["punchedAt"].as_str().expect("punchedAt").parse().expect("an RFC 3339 instant")
+}
+
+/// `TimeZone` of the handshake as the notes want it: hours for a whole-hour offset, minutes otherwise.
+fn expected_timezone_option(zone: &str) -> String {
+    let offset = jiff::tz::TimeZone::get(zone).expect("bundled zone").to_offset(jiff::Timestamp::now()).seconds();
+    let value = if offset % 3600 == 0 { offset / 3600 } else { offset / 60 };
+    format!("TimeZone={value}")
+}
+
+/// A realtime punch of a terminal whose clock was set by the handshake (`Date` + `TimeZone`) is stored at the
+/// real instant: the zone the server told the terminal and the zone it reads the punch in agree.
+async fn realtime_punch_is_now(server: &Server, device: &str, terminal: &PushTerminal) {
+    let before = jiff::Timestamp::now();
+    let p = terminal.punch(2, 15, 1);
+    caught_up(terminal, Duration::from_secs(10)).await;
+    let rows = all_attendance(server, device).await;
+    let row = row_at(&rows, &p.user_id, &p.timestamp);
+    let at = punched_at(row);
+    let off = at.duration_since(before).abs();
+    assert!(off < jiff::SignedDuration::from_secs(5), "stored at {at}, punched at about {before} ({row})");
+    assert_eq!(row["flags"], 0, "{row}");
+}
+
+async fn london_punches_across_both_dst_changes(db: TestDb) {
+    let server = Server::start(&db).await;
+    let serial = "LONDON000001";
+    let device = claim_in(&server, serial, "London", "Europe/London").await;
+
+    // The handshake tells the terminal the offset in force now, in hours (0 in winter, 1 in summer).
+    let options = handshake_options(&server, serial).await;
+    assert!(options.contains(&expected_timezone_option("Europe/London")), "{options:?}");
+
+    // 2025: clocks went forward at 01:00 GMT on 30 March (01:00-01:59 never happened) and back at 02:00 BST on
+    // 26 October (01:00-01:59 happened twice). Local time, expected instant, expected flags.
+    let cases: [(usize, &str, &str, i64); 10] = [
+        (0, "2025-03-30T00:59:59", "2025-03-30T00:59:59Z", 0),
+        (0, "2025-03-30T01:00:00", "2025-03-30T01:00:00Z", 2),
+        (1, "2025-03-30T01:30:00", "2025-03-30T01:30:00Z", 2),
+        (0, "2025-03-30T02:00:00", "2025-03-30T01:00:00Z", 0),
+        (1, "2025-07-01T09:00:00", "2025-07-01T08:00:00Z", 0),
+        (0, "2025-10-26T00:59:59", "2025-10-25T23:59:59Z", 0),
+        (0, "2025-10-26T01:00:00", "2025-10-26T00:00:00Z", 1),
+        (1, "2025-10-26T01:30:00", "2025-10-26T00:30:00Z", 1),
+        (2, "2025-10-26T01:59:59", "2025-10-26T00:59:59Z", 1),
+        (0, "2025-10-26T02:00:00", "2025-10-26T02:00:00Z", 0),
+    ];
+    let fixture = fixture_with(&cases.map(|(user, local, _, _)| (user, local)));
+    let terminal = PushTerminal::start(&fixture, sim_config(&server, serial));
+    caught_up(&terminal, Duration::from_secs(20)).await;
+    assert_exactly(&server, &device, &terminal).await;
+    let rows = all_attendance(&server, &device).await;
+    for (user, local, utc, flags) in cases {
+        let row = row_at(&rows, &fixture.users[user].user_id, local);
+        assert_eq!(row["flags"], flags, "{local}: {row}");
+        assert_eq!(punched_at(row), utc.parse::<jiff::Timestamp>().expect("instant"), "{local}: {row}");
+    }
+    realtime_punch_is_now(&server, &device, &terminal).await;
+    terminal.stop().await;
+    server.stop().await;
+}
+
+async fn kolkata_is_five_and_a_half_hours_ahead(db: TestDb) {
+    let server = Server::start(&db).await;
+    let serial = "KOLKATA00001";
+    let device = claim_in(&server, serial, "Pune", "Asia/Kolkata").await;
+
+    // Half-hour zones go in minutes (5.5 would be truncated to 5 by firmware), never fractional.
+    let options = handshake_options(&server, serial).await;
+    assert!(options.iter().any(|l| l == "TimeZone=330"), "{options:?}");
+
+    // No DST in India: every local time is the instant plus 5:30, none flagged.
+    let cases: [(usize, &str, &str); 5] = [
+        (0, "2025-01-01T00:00:00", "2024-12-31T18:30:00Z"),
+        (1, "2025-03-30T01:30:00", "2025-03-29T20:00:00Z"),
+        (2, "2025-06-15T05:29:59", "2025-06-14T23:59:59Z"),
+        (0, "2025-06-15T05:30:00", "2025-06-15T00:00:00Z"),
+        (1, "2025-10-26T01:30:00", "2025-10-25T20:00:00Z"),
+    ];
+    let fixture = fixture_with(&cases.map(|(user, local, _)| (user, local)));
+    let terminal = PushTerminal::start(&fixture, sim_config(&server, serial));
+    caught_up(&terminal, Duration::from_secs(20)).await;
+    assert_exactly(&server, &device, &terminal).await;
+    let rows = all_attendance(&server, &device).await;
+    for (user, local, utc) in cases {
+        let row = row_at(&rows, &fixture.users[user].user_id, local);
+        assert_eq!(row["flags"], 0, "{local}: {row}");
+        assert_eq!(punched_at(row), utc.parse::<jiff::Timestamp>().expect("instant"), "{local}: {row}");
+    }
+    // The simulated terminal took `TimeZone=330` as minutes: its clock reads Kolkata's wall time.
+    let kolkata = jiff::tz::TimeZone::get("Asia/Kolkata").expect("zone").to_datetime(jiff::Timestamp::now());
+    let drift = terminal.now().duration_since(kolkata).abs();
+    assert!(drift < jiff::SignedDuration::from_secs(5), "terminal clock {} vs Kolkata {kolkata}", terminal.now());
+    realtime_punch_is_now(&server, &device, &terminal).await;
+    terminal.stop().await;
+    server.stop().await;
+}
+
+async fn a_serial_claimed_by_another_site_is_refused(db: TestDb) {
+    let server = Server::start(&db).await;
+    let serial = "CLAIMED00001";
+    let device = claim_in(&server, serial, "HQ", "Asia/Kolkata").await;
+
+    // Another site, or the same one again: refused with 409 and a message naming the serial; nothing changes.
+    for (site, zone) in [("Branch", "Europe/London"), ("HQ", "Asia/Kolkata")] {
+        let (status, body) = server
+            .post("/api/push/claim", json!({"serialNumber": serial, "name": "Thief", "site": site, "timezone": zone}))
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{site}: {body}");
+        assert_eq!(body["success"], false, "{body}");
+        assert_eq!(body["error"]["code"], "conflict", "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(serial), "the message names the serial: {message}");
+    }
+    let (status, d) = server.get(&format!("/api/devices/{device}")).await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    assert_eq!(
+        (d["name"].as_str(), d["site"].as_str(), d["timezone"].as_str()),
+        (Some(serial), Some("HQ"), Some("Asia/Kolkata")),
+        "{d}"
+    );
+    let (_, devices) = server.get("/api/devices").await;
+    let with_serial = devices["items"].as_array().map(|a| a.iter().filter(|x| x["serialNumber"] == serial).count());
+    assert_eq!(with_serial, Some(1), "{devices}");
+
+    // The terminal keeps working for the site that claimed it.
+    let terminal = PushTerminal::start(&generate::generate(3, 30, 8), sim_config(&server, serial));
+    caught_up(&terminal, Duration::from_secs(20)).await;
+    assert_exactly(&server, &device, &terminal).await;
+    let (_, list) = server.get("/api/push/terminals").await;
+    let t =
+        list["items"].as_array().and_then(|a| a.iter().find(|t| t["serialNumber"] == serial).cloned()).expect("listed");
+    assert_eq!((t["status"].as_str(), t["deviceId"].as_str()), (Some("claimed"), Some(device.as_str())), "{t}");
+    terminal.stop().await;
     server.stop().await;
 }

@@ -19,6 +19,7 @@ pub mod parse;
 pub mod reply;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -176,6 +177,8 @@ fn endpoint(path: &str) -> (String, Option<String>) {
 /// What a request was about, for the journal and the logs.
 struct Ctx {
     journal: Option<i64>,
+    /// Set once a handler recorded the request's outcome in the journal itself (alongside its other writes).
+    outcome_recorded: AtomicBool,
     serial: String,
     endpoint: String,
     query: Query,
@@ -227,46 +230,60 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
         }
     };
 
-    // Journal before anything parses the body (bodiless polls only touch the terminal's last contact).
+    // Journal before anything parses the body (bodiless polls only touch the terminal's last contact). Who the
+    // terminal is comes from the query alone, so it is looked up while the journal entry is written; the body is
+    // parsed only once both are done.
     let poll = matches!(endpoint.as_str(), "getrequest" | "ping") && body.is_empty() && query.get("info").is_none();
-    let journal = if poll {
-        None
-    } else {
-        let entry = crate::store::NewJournal {
-            serial: (!serial.is_empty()).then(|| serial.clone()),
-            method: method.to_string(),
-            path: path.clone(),
-            query: raw_query.clone(),
-            body: body[..body.len().min(config.journal_body_cap)].to_vec(),
-            body_len: i64::try_from(body.len()).unwrap_or(i64::MAX),
-            remote_addr: address.map(|a| a.to_string()),
-            received_at: Timestamp::now(),
-        };
-        match state.store.journal_push(&entry).await {
-            Ok(id) => Some(id),
-            Err(error) => {
-                tracing::error!(serial = %serial, %error, "cannot journal a push request; asking the terminal to retry");
-                return reply::text(StatusCode::SERVICE_UNAVAILABLE, "ERROR: storage unavailable");
-            }
+    let entry = (!poll).then(|| crate::store::NewJournal {
+        serial: (!serial.is_empty()).then(|| serial.clone()),
+        method: method.to_string(),
+        path: path.clone(),
+        query: raw_query.clone(),
+        body: body[..body.len().min(config.journal_body_cap)].to_vec(),
+        body_len: i64::try_from(body.len()).unwrap_or(i64::MAX),
+        remote_addr: address.map(|a| a.to_string()),
+        received_at: Timestamp::now(),
+    });
+    let mut ctx =
+        Ctx { journal: None, outcome_recorded: AtomicBool::new(false), serial, endpoint, query, method, address };
+    let journal = async {
+        match &entry {
+            Some(e) => state.store.journal_push(e).await.map(Some),
+            None => Ok(None),
         }
     };
-    let ctx = Ctx { journal, serial, endpoint, query, method, address };
+    let identified =
+        async { if too_large { None } else { Some(identify(&state, &ctx, secret.as_deref(), &table).await) } };
+    let (journal, identified) = tokio::join!(journal, identified);
+    match journal {
+        Ok(id) => ctx.journal = id,
+        Err(error) => {
+            tracing::error!(serial = %ctx.serial, %error, "cannot journal a push request; asking the terminal to retry");
+            return reply::text(StatusCode::SERVICE_UNAVAILABLE, "ERROR: storage unavailable");
+        }
+    }
 
-    let (response, outcome) = if too_large {
-        (reply::text(StatusCode::PAYLOAD_TOO_LARGE, "ERROR: body too large"), format!("refused: body over {cap} bytes"))
-    } else {
-        match route(&state, &ctx, secret.as_deref(), &table, &body).await {
-            Ok(done) => done,
-            Err(error) => {
-                tracing::error!(serial = %ctx.serial, endpoint = %ctx.endpoint, %error, "push request failed; the terminal will retry");
-                (reply::text(StatusCode::SERVICE_UNAVAILABLE, "ERROR: try again"), format!("error: {error}"))
-            }
+    let served = match identified {
+        None => Ok((
+            reply::text(StatusCode::PAYLOAD_TOO_LARGE, "ERROR: body too large"),
+            format!("refused: body over {cap} bytes"),
+        )),
+        Some(Ok(Identified::Refused(done))) => Ok(done),
+        Some(Ok(Identified::Terminal { identity, terminal, acc })) => {
+            dispatch(&state, &ctx, &identity, &terminal, acc, &table, &body).await
+        }
+        Some(Err(error)) => Err(error),
+    };
+    let recorded = served.is_ok() && ctx.outcome_recorded.load(Ordering::Relaxed);
+    let (response, outcome) = match served {
+        Ok(done) => done,
+        Err(error) => {
+            tracing::error!(serial = %ctx.serial, endpoint = %ctx.endpoint, %error, "push request failed; the terminal will retry");
+            (reply::text(StatusCode::SERVICE_UNAVAILABLE, "ERROR: try again"), format!("error: {error}"))
         }
     };
-    if let Some(id) = ctx.journal
-        && let Err(error) = state.store.set_journal_outcome(id, &outcome).await
-    {
-        tracing::warn!(journal_id = id, %error, "cannot record a push request's outcome");
+    if !recorded {
+        record_outcome(&state, &ctx, &outcome).await;
     }
     tracing::debug!(serial = %ctx.serial, endpoint = %ctx.endpoint, status = %response.status(), outcome = %outcome,
         elapsed_ms = started.elapsed().as_millis() as u64, "push request");
@@ -275,23 +292,43 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
 
 type Handled = (Response, String);
 
-/// Identifies the terminal, then serves the endpoint.
-async fn route(
-    state: &AppState,
-    ctx: &Ctx,
-    secret: Option<&str>,
-    table: &str,
-    body: &Bytes,
-) -> Result<Handled, StoreError> {
+/// Writes what became of a journaled request; a failure is logged, never the terminal's problem.
+async fn record_outcome(state: &AppState, ctx: &Ctx, outcome: &str) {
+    if let Some(id) = ctx.journal {
+        match state.store.set_journal_outcome(id, outcome).await {
+            Ok(()) => ctx.outcome_recorded.store(true, Ordering::Relaxed),
+            Err(error) => tracing::warn!(journal_id = id, %error, "cannot record a push request's outcome"),
+        }
+    }
+}
+
+/// What [`identify`] found: a request refused before its body matters, or the terminal behind it.
+enum Identified {
+    Refused(Handled),
+    Terminal {
+        identity: Identity,
+        terminal: Box<PushTerminal>,
+        /// Security PUSH (3.x) rather than attendance PUSH.
+        acc: bool,
+    },
+}
+
+/// Identifies the terminal from the path and query alone (never the body): its serial, the site's secret, its
+/// device (known or quarantined); records the contact.
+async fn identify(state: &AppState, ctx: &Ctx, secret: Option<&str>, table: &str) -> Result<Identified, StoreError> {
     if !parse::valid_serial(&ctx.serial) {
-        return Ok((reply::text(StatusCode::BAD_REQUEST, "ERROR: no serial number"), "refused: no valid SN".into()));
+        let refused = (reply::text(StatusCode::BAD_REQUEST, "ERROR: no serial number"), "refused: no valid SN".into());
+        return Ok(Identified::Refused(refused));
     }
     let secret_site = match secret {
         Some(s) => match state.store.site_by_push_secret(&secret_hash(s)).await? {
             Some(site) => Some(site),
             None => {
                 tracing::warn!(serial = %ctx.serial, address = ?ctx.address, "push request with an unknown secret path");
-                return Ok((reply::text(StatusCode::NOT_FOUND, "ERROR"), "refused: unknown secret".into()));
+                return Ok(Identified::Refused((
+                    reply::text(StatusCode::NOT_FOUND, "ERROR"),
+                    "refused: unknown secret".into(),
+                )));
             }
         },
         None => None,
@@ -307,7 +344,8 @@ async fn route(
                 && secret_site != d.site_id.filter(|_| site_secret.is_some())
             {
                 tracing::warn!(serial = %ctx.serial, address = ?ctx.address, "push request without its site's secret path");
-                return Ok((reply::text(StatusCode::NOT_FOUND, "ERROR"), "refused: wrong or missing secret".into()));
+                let refused = (reply::text(StatusCode::NOT_FOUND, "ERROR"), "refused: wrong or missing secret".into());
+                return Ok(Identified::Refused(refused));
             }
             Identity::Known(d)
         }
@@ -332,22 +370,34 @@ async fn route(
         language: if handshake { ctx.query.value("language").map(|v| v.chars().take(8).collect()) } else { None },
     };
     let terminal = state.store.push_seen(&seen).await?;
-    let quarantined = matches!(identity, Identity::Quarantined);
-    if quarantined && handshake {
+    if matches!(identity, Identity::Quarantined) && handshake {
         tracing::warn!(serial = %ctx.serial, address = ?ctx.address, "unknown push terminal quarantined until an admin claims it");
     }
+    Ok(Identified::Terminal { identity, terminal: Box::new(terminal), acc })
+}
 
-    match (ctx.endpoint.as_str(), &identity) {
-        ("cdata", _) if ctx.method == Method::GET => Ok(handshake_reply(state, ctx, &terminal, &identity, acc).await?),
+/// Serves the endpoint for an identified terminal (the request is journaled by now).
+async fn dispatch(
+    state: &AppState,
+    ctx: &Ctx,
+    identity: &Identity,
+    terminal: &PushTerminal,
+    acc: bool,
+    table: &str,
+    body: &Bytes,
+) -> Result<Handled, StoreError> {
+    let quarantined = matches!(identity, Identity::Quarantined);
+    match (ctx.endpoint.as_str(), identity) {
+        ("cdata", _) if ctx.method == Method::GET => Ok(handshake_reply(state, ctx, terminal, identity, acc).await?),
         ("cdata", Identity::Quarantined) => {
             Ok((reply::text(StatusCode::FORBIDDEN, "ERROR: unknown device"), "quarantined: upload refused".into()))
         }
-        ("cdata", Identity::Known(device)) => upload(state, ctx, device, &terminal, table, body).await,
-        ("getrequest", _) => poll(state, ctx, &terminal, &identity).await,
-        ("devicecmd", Identity::Known(device)) => results(state, device, &terminal, body).await,
+        ("cdata", Identity::Known(device)) => upload(state, ctx, device, terminal, table, body).await,
+        ("getrequest", _) => poll(state, ctx, terminal, identity).await,
+        ("devicecmd", Identity::Known(device)) => results(state, device, terminal, body).await,
         ("devicecmd", Identity::Quarantined) => Ok((reply::ok(), "quarantined: results ignored".into())),
         ("registry", Identity::Known(_)) => {
-            merge_info(state, &terminal, parse::key_values(&text_of(&terminal, body), ',')).await?;
+            merge_info(state, terminal, parse::key_values(&text_of(terminal, body), ',')).await?;
             let code = match &terminal.registry_code {
                 Some(c) => c.clone(),
                 None => {
@@ -369,7 +419,7 @@ async fn route(
             Ok((reply::text(StatusCode::OK, body), "ok: configuration sent".into()))
         }
         ("rtdata", _) => {
-            let zone = match &identity {
+            let zone = match identity {
                 Identity::Known(d) => crate::ingest::zone(&d.timezone),
                 Identity::Quarantined => None,
             }
@@ -394,7 +444,7 @@ async fn route(
                 .chars()
                 .filter(char::is_ascii_alphanumeric)
                 .collect::<String>();
-            let n = parse::lines(&text_of(&terminal, body)).count();
+            let n = parse::lines(&text_of(terminal, body)).count();
             Ok((reply::text(StatusCode::OK, format!("{name}={n}")), format!("ok: {n} lines journaled")))
         }
         ("file", _) => Ok((reply::text(StatusCode::NOT_FOUND, "ERROR"), "refused: no files are served".into())),
@@ -478,15 +528,6 @@ async fn upload(
                     return Ok((reply::text(StatusCode::SERVICE_UNAVAILABLE, "ERROR"), format!("error: {e}")));
                 }
             };
-            if let Some(stamp) = ctx.query.value("stamp").or_else(|| ctx.query.value("attlogstamp")) {
-                state
-                    .store
-                    .set_push_stamp(&ctx.serial, StampTable::AttLog, &stamp.chars().take(64).collect::<String>())
-                    .await?;
-            }
-            if stats.inserted > 0 {
-                record_upload(state, device, stats.inserted, lines.len(), started.elapsed()).await;
-            }
             let outcome = format!(
                 "ok: {} lines, {} records, {} new, {} unreadable",
                 lines.len(),
@@ -494,6 +535,24 @@ async fn upload(
                 stats.inserted,
                 bad
             );
+            // After the commit, and independent of each other: the terminal's stamp, the sync history and the
+            // journal's outcome (written again by `handle` should the stamp fail).
+            let stamp = async {
+                match ctx.query.value("stamp").or_else(|| ctx.query.value("attlogstamp")) {
+                    Some(stamp) => {
+                        let stamp: String = stamp.chars().take(64).collect();
+                        state.store.set_push_stamp(&ctx.serial, StampTable::AttLog, &stamp).await
+                    }
+                    None => Ok(()),
+                }
+            };
+            let history = async {
+                if stats.inserted > 0 {
+                    record_upload(state, device, stats.inserted, lines.len(), started.elapsed()).await;
+                }
+            };
+            let (stamp, (), ()) = tokio::join!(stamp, history, record_outcome(state, ctx, &outcome));
+            stamp?;
             let reply = if table == "rtlog" { reply::ok() } else { reply::ok_n(lines.len()) };
             Ok((reply, outcome))
         }
