@@ -576,7 +576,11 @@ async fn a_serial_claimed_by_another_site_is_refused(db: TestDb) {
         assert_eq!(body["error"]["code"], "conflict", "{body}");
         let message = body["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(serial), "the message names the serial: {message}");
+        assert!(message.contains("\"HQ\""), "the message names the holding site: {message}");
     }
+    // The refused claim for "Branch" made no site.
+    let sites = server.state.store.list_sites().await.expect("sites");
+    assert!(sites.iter().all(|s| s.name != "Branch"), "{sites:?}");
     let (status, d) = server.get(&format!("/api/devices/{device}")).await;
     assert_eq!(status, StatusCode::OK, "{d}");
     assert_eq!(

@@ -153,7 +153,7 @@ pub struct ClaimRequest {
         (status = 400, description = openapi::MALFORMED_JSON, body = ErrorBody),
         (status = 401, description = openapi::UNAUTHORIZED, body = ErrorBody),
         (status = 403, description = openapi::FORBIDDEN, body = ErrorBody),
-        (status = 409, description = "A device already has this serial number", body = ErrorBody),
+        (status = 409, description = "A device already has this serial number: the message names it and its site; nothing is created", body = ErrorBody),
         (status = 415, description = openapi::NOT_JSON, body = ErrorBody),
         (status = 422, description = "Wrong shape, unknown field, or a value out of its rules", body = ErrorBody),
         (status = 503, description = openapi::UNAVAILABLE, body = ErrorBody),
@@ -168,6 +168,25 @@ pub async fn claim(
     let name = body.name.unwrap_or_else(|| body.serial_number.clone());
     validate::name("name", &name)?;
     validate::timezone(&body.timezone)?;
+    // Checked before the site is made, so a refused claim leaves nothing behind; the unique serial index still
+    // guards against two claims racing.
+    if let Some(holder) = state.store.device_by_serial(&body.serial_number).await? {
+        let site = match holder.site_id {
+            Some(id) => state.store.get_site(id).await?.map(|s| s.name),
+            None => None,
+        };
+        let inactive = if holder.active { "" } else { " (inactive)" };
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "serial number {:?} is already claimed by device {:?}{inactive} of site {}",
+                body.serial_number,
+                holder.name,
+                site.map_or_else(|| "(none)".to_owned(), |s| format!("{s:?}"))
+            ),
+        ));
+    }
     let site_id = match body.site.as_deref() {
         Some(site) => {
             validate::name("site", site)?;
