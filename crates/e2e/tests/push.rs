@@ -21,6 +21,7 @@ on_both_backends!(
     london_punches_across_both_dst_changes,
     kolkata_is_five_and_a_half_hours_ahead,
     a_serial_claimed_by_another_site_is_refused,
+    constant_stamps_and_a_drifting_clock,
 );
 
 /// Claims `serial` for site HQ in Asia/Kolkata; answers the device id.
@@ -600,6 +601,34 @@ async fn a_serial_claimed_by_another_site_is_refused(db: TestDb) {
     let t =
         list["items"].as_array().and_then(|a| a.iter().find(|t| t["serialNumber"] == serial).cloned()).expect("listed");
     assert_eq!((t["status"].as_str(), t["deviceId"].as_str()), (Some("claimed"), Some(device.as_str())), "{t}");
+    terminal.stop().await;
+    server.stop().await;
+}
+
+/// Two of the notes' pitfalls at once: a terminal that ignores the server's stamps (it resumes from its own count,
+/// whatever the handshake says) and whose clock runs two days ahead. Its backlog and a realtime punch are stored
+/// exactly once, across a server restart (the server keeps no stamp state in memory); the drifted punch is kept and
+/// flagged `FUTURE` (4), not dropped.
+async fn constant_stamps_and_a_drifting_clock(db: TestDb) {
+    let server = Server::start(&db).await;
+    let addr = server.addr;
+    let device = claim(&server, "CONSTSTAMP01").await;
+    let mut config = sim_config(&server, "CONSTSTAMP01");
+    config.batch = 100;
+    config.constant_stamp = true;
+    config.clock_drift = jiff::SignedDuration::from_hours(48);
+    let terminal = PushTerminal::start(&generate::generate(10, 400, 5), config);
+    caught_up(&terminal, Duration::from_secs(60)).await;
+    assert_exactly(&server, &device, &terminal).await;
+
+    server.stop().await;
+    let server = Server::start_at(&db, test_hub(), addr).await;
+    let late = terminal.punch(2, 1, 0);
+    caught_up(&terminal, Duration::from_secs(60)).await;
+    assert_exactly(&server, &device, &terminal).await;
+    let rows = all_attendance(&server, &device).await;
+    let row = rows.iter().find(|r| r["localTime"] == late.timestamp.as_str()).expect("the drifted punch is stored");
+    assert_eq!(row["flags"].as_i64().map(|f| f & 4), Some(4), "flagged as in the future: {row}");
     terminal.stop().await;
     server.stop().await;
 }
