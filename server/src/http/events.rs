@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::error::ErrorBody;
-use super::extract::Caller;
+use super::extract::{Caller, bearer_in};
 use super::openapi;
 use crate::app::AppState;
 use crate::auth::session;
@@ -77,13 +77,7 @@ pub async fn events(
 
 /// Whether the stream's bearer token or session cookie is still good (a database hiccup keeps the stream).
 async fn still_authorized(state: &AppState, headers: &HeaderMap) -> bool {
-    let bearer = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim().to_owned());
-    let verdict = match (bearer, session::cookie(headers)) {
+    let verdict = match (bearer_in(headers), session::cookie(headers)) {
         (Some(token), _) => state.auth.caller(&token).await.map(|_| true),
         (None, Some(cookie)) => state.auth.session(&cookie).await.map(|s| s.is_some()),
         (None, None) => Ok(false),
