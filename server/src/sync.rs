@@ -13,7 +13,7 @@ use crate::app::AppState;
 use crate::hub::CallError;
 use crate::metrics::OpLabels;
 use crate::store::StoreError;
-use crate::store::model::{Device, DeviceKind, DeviceUserRow, ErrorKind, NewSyncAttempt, SyncEnd, SyncStatus};
+use crate::store::model::{Device, DeviceKind, ErrorKind, NewSyncAttempt, SyncEnd, SyncStatus};
 
 /// Probe budget through the relay: the agent's 3 s with one retry, plus the way there and back.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(8);
@@ -96,16 +96,12 @@ pub async fn sync_device(state: &AppState, device: Device, caller: Option<Uuid>)
         .await?;
     let started = Instant::now();
     let hub = state.hub.clone();
-    let store = state.store.clone();
     let timeout = hub.config().sync_timeout;
     let target = device.clone();
     let result = state
         .hub
         .flights()
-        .run(device.id, move || async move {
-            refresh_users(&hub, &store, &target).await;
-            hub.call(&target, Op::SyncAttendance, timeout).await
-        })
+        .run(device.id, move || async move { hub.call(&target, Op::SyncAttendance, timeout).await })
         .await;
     let duration = started.elapsed();
     state.metrics.sync_seconds.observe(duration.as_secs_f64());
@@ -167,43 +163,6 @@ pub async fn sync_device(state: &AppState, device: Device, caller: Option<Uuid>)
         let _ = state.store.add_sync_log(device.id, Some(attempt.id), "warning", why).await;
     }
     Ok(DeviceSync { device, result, duration })
-}
-
-/// Reads the terminal's enrolled users into `essl_device_users` before its punches are stored, so that a punch by
-/// a user id the terminal does not know is flagged (`UNKNOWN_USER`) instead of passing unnoticed. Only when an
-/// agent reports the terminal reachable (an unreachable one would only delay the cached-data answer); a failure
-/// leaves the previous list and never fails the sync.
-async fn refresh_users(hub: &crate::hub::Hub, store: &crate::store::Store, device: &Device) {
-    if !hub.reachability(device.id).iter().any(|r| r.reachable) {
-        return;
-    }
-    match hub.call(device, Op::ReadUsers, CHECK_TIMEOUT).await {
-        Ok(r) => {
-            let OpResult::Users { users } = r.result else {
-                tracing::warn!(device_id = %device.id, "the agent answered a user read with something else");
-                return;
-            };
-            let rows: Vec<DeviceUserRow> = users
-                .into_iter()
-                .map(|u| DeviceUserRow {
-                    device_id: device.id,
-                    uid: i32::from(u.uid),
-                    user_id: u.user_id,
-                    name: u.name,
-                    privilege: i16::from(u.privilege),
-                    card: i64::from(u.card),
-                    group_id: u.group_id,
-                })
-                .collect();
-            match store.replace_device_users(device.id, &rows).await {
-                Ok(()) => tracing::debug!(device_id = %device.id, users = rows.len(), "enrolled users refreshed"),
-                Err(error) => tracing::warn!(%error, device_id = %device.id, "cannot store the enrolled users"),
-            }
-        }
-        Err(error) => {
-            tracing::info!(%error, device_id = %device.id, "enrolled users not read; punches are checked against the last list")
-        }
-    }
 }
 
 fn clamp(n: u64) -> i32 {
