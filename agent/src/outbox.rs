@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use essl_wire::{MAX_PUNCHES_PER_BATCH, Punch};
+use essl_wire::{AgentMsg, DeviceUser, MAX_PUNCHES_PER_BATCH, MAX_USERS_PER_BATCH, Punch};
 use sqlx::sqlite::{
     SqliteAutoVacuum, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteLockingMode, SqliteSynchronous,
 };
@@ -65,7 +65,8 @@ CREATE TABLE IF NOT EXISTS batch (
     read_id INTEGER,
     punches INTEGER NOT NULL,
     created_ms INTEGER NOT NULL,
-    records TEXT NOT NULL
+    records TEXT NOT NULL,
+    users TEXT
 );
 CREATE INDEX IF NOT EXISTS batch_read_idx ON batch (read_id);
 CREATE TABLE IF NOT EXISTS pending_read (
@@ -87,7 +88,24 @@ CREATE TABLE IF NOT EXISTS watermark (
     read_id INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS user_list (
+    device TEXT PRIMARY KEY,
+    users TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
 ";
+
+/// Outbox files written before `batch.users` existed get the column (`NULL`: no user list) when opened.
+async fn upgrade(conn: &mut SqliteConnection) -> Result<(), OutboxError> {
+    let has_users: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pragma_table_info('batch') WHERE name = 'users')")
+            .fetch_one(&mut *conn)
+            .await?;
+    if !has_users {
+        sqlx::query("ALTER TABLE batch ADD COLUMN users TEXT").execute(&mut *conn).await?;
+    }
+    Ok(())
+}
 
 /// Why the outbox could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +136,8 @@ pub struct Tag {
 pub struct TerminalRead {
     pub serial: String,
     pub records: Vec<Punch>,
+    /// The users enrolled on the terminal, read in the same session; `None` when they could not be read.
+    pub users: Option<Vec<DeviceUser>>,
 }
 
 /// What [`Outbox::enqueue_read`] queued.
@@ -139,6 +159,8 @@ pub struct Queued {
     pub id: u64,
     pub device: String,
     pub records: Vec<Punch>,
+    /// The terminal's user list, when this batch carries it (then usually without records).
+    pub users: Option<Vec<DeviceUser>>,
     pub tag: Option<Tag>,
 }
 
@@ -200,6 +222,7 @@ impl Outbox {
         let recovery = recover::check(path).await?;
         let mut conn = options(path).connect().await?;
         sqlx::raw_sql(SCHEMA).execute(&mut conn).await?;
+        upgrade(&mut conn).await?;
         let outbox = Outbox {
             inner: Arc::new(Inner {
                 db: Mutex::new(Db { conn, tags: HashMap::new() }),
@@ -229,7 +252,8 @@ impl Outbox {
     }
 
     /// Queues a read of `device`'s whole log: the records past its watermark (all of them on a first read or when
-    /// the log was cleared or the terminal replaced), in one transaction with the watermark the read leaves.
+    /// the log was cleared or the terminal replaced), in one transaction with the watermark the read leaves. The
+    /// read's user list goes first, in a batch of its own, when it differs from the last one queued.
     pub async fn enqueue_read(
         &self,
         device: &str,
@@ -260,6 +284,9 @@ impl Outbox {
         .await?;
         let fresh = read.records.get(start..).unwrap_or_default();
         let mut batches = Vec::new();
+        if let Some(users) = &read.users {
+            batches.extend(queue_user_list(&mut tx, device, Some(read_id), users, now).await?);
+        }
         for chunk in fresh.chunks(MAX_PUNCHES_PER_BATCH) {
             batches.push(insert_batch(&mut *tx, device, Some(read_id), chunk, now).await?);
         }
@@ -274,6 +301,21 @@ impl Outbox {
             self.inner.queued.send_modify(|n| *n += 1);
         }
         Ok(Enqueued { read: mark.count, sent: fresh.len() as u64, batches, reset })
+    }
+
+    /// Queues the terminal's user list when it differs from the last one queued for `device` (the realtime
+    /// subscription reads it when it starts and when an unknown PIN punches). `Ok(None)`: unchanged, nothing queued.
+    pub async fn enqueue_users(&self, device: &str, users: &[DeviceUser]) -> Result<Option<u64>, OutboxError> {
+        let mut db = self.inner.db.lock().await;
+        self.check_space(&mut db.conn).await?;
+        let mut tx = db.conn.begin_with("BEGIN IMMEDIATE").await?;
+        let batch = queue_user_list(&mut tx, device, None, users, now_ms()).await?;
+        tx.commit().await?;
+        drop(db);
+        if batch.is_some() {
+            self.inner.queued.send_modify(|n| *n += 1);
+        }
+        Ok(batch)
     }
 
     /// Queues punches the terminal announced as they happened. They leave the watermark alone: the next read
@@ -296,17 +338,19 @@ impl Outbox {
     /// The oldest queued batch after batch `after` (0: the oldest of all).
     pub async fn next_after(&self, after: u64) -> Result<Option<Queued>, OutboxError> {
         let mut db = self.inner.db.lock().await;
-        let row = sqlx::query("SELECT id, device, records FROM batch WHERE id > ? ORDER BY id LIMIT 1")
+        let row = sqlx::query("SELECT id, device, records, users FROM batch WHERE id > ? ORDER BY id LIMIT 1")
             .bind(to_i64(after))
             .fetch_optional(&mut db.conn)
             .await?;
         let Some(row) = row else { return Ok(None) };
         let id = to_u64(row.try_get("id")?);
         let records: String = row.try_get("records")?;
+        let users: Option<String> = row.try_get("users")?;
         Ok(Some(Queued {
             id,
             device: row.try_get("device")?,
             records: serde_json::from_str(&records)?,
+            users: users.as_deref().map(serde_json::from_str).transpose()?,
             tag: db.tags.get(&id).copied(),
         }))
     }
@@ -379,7 +423,8 @@ impl Outbox {
     pub async fn confirms(&self, device: &str, read: &TerminalRead) -> Result<Result<(), String>, OutboxError> {
         let mut db = self.inner.db.lock().await;
         let (batches, punches): (i64, i64) =
-            sqlx::query_as("SELECT count(*), coalesce(sum(punches), 0) FROM batch WHERE device = ?")
+            // A user list alone holds no record (its read's watermark, checked below, waits for it).
+            sqlx::query_as("SELECT count(*), coalesce(sum(punches), 0) FROM batch WHERE device = ? AND punches > 0")
                 .bind(device)
                 .fetch_one(&mut db.conn)
                 .await?;
@@ -546,6 +591,64 @@ async fn insert_batch(
     .fetch_one(conn)
     .await?;
     Ok(to_u64(id))
+}
+
+/// Queues `users` as a batch of their own (no records) unless they are the list last queued for `device`; a list
+/// too big for one message is not queued at all (the device's punches are then stored unflagged), with a warning.
+async fn queue_user_list(
+    conn: &mut SqliteConnection,
+    device: &str,
+    read_id: Option<i64>,
+    users: &[DeviceUser],
+    now: i64,
+) -> Result<Option<u64>, OutboxError> {
+    let json = serde_json::to_string(users)?;
+    let last: Option<String> = sqlx::query_scalar("SELECT users FROM user_list WHERE device = ?")
+        .bind(device)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if last.as_deref() == Some(json.as_str()) {
+        return Ok(None);
+    }
+    if let Err(why) = fits_one_message(device, users) {
+        tracing::warn!(%device, users = users.len(), %why, "the terminal's user list is not sent: its punches are stored without the unknown-user check");
+        return Ok(None);
+    }
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO batch (device, read_id, punches, created_ms, records, users) VALUES (?, ?, 0, ?, '[]', ?) \
+         RETURNING id",
+    )
+    .bind(device)
+    .bind(read_id)
+    .bind(now)
+    .bind(&json)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO user_list (device, users, updated_ms) VALUES (?, ?, ?) \
+         ON CONFLICT (device) DO UPDATE SET users = excluded.users, updated_ms = excluded.updated_ms",
+    )
+    .bind(device)
+    .bind(&json)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Some(to_u64(id)))
+}
+
+/// Whether a batch carrying `users` stays within the wire's limits.
+fn fits_one_message(device: &str, users: &[DeviceUser]) -> Result<(), String> {
+    if users.len() > MAX_USERS_PER_BATCH {
+        return Err(format!("{} users, more than {MAX_USERS_PER_BATCH}", users.len()));
+    }
+    let msg = AgentMsg::Punches {
+        batch: u64::MAX,
+        device: device.to_owned(),
+        request: Some(u64::MAX),
+        records: Vec::new(),
+        users: Some(users.to_vec()),
+    };
+    essl_wire::encode_agent(&msg).map(drop).map_err(|e| e.to_string())
 }
 
 /// Advances the device's watermark over every read, oldest first, whose batches are all acknowledged; stops at

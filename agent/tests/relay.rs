@@ -399,6 +399,8 @@ async fn sync_sends_acknowledged_batches_then_synced() {
     peer.send(&ServerMsg::Request { id: 7, device: "door".into(), op: Op::SyncAttendance }).await;
     let mut progress = 0;
     let mut batches: Vec<(u64, Vec<Punch>)> = Vec::new();
+    let mut user_list = None;
+    let mut list_in_sync = false;
     // Four batches come without any Ack ...
     while batches.len() < 4 {
         match peer.recv().await {
@@ -407,9 +409,20 @@ async fn sync_sends_acknowledged_batches_then_synced() {
                 assert!(done <= total);
                 progress += 1;
             }
-            AgentMsg::Punches { batch, device, request, records } => {
-                assert_eq!((device.as_str(), request), ("door", Some(7)));
+            AgentMsg::Punches { batch, device, request, records, users } => {
                 assert!(records.len() <= MAX_PUNCHES_PER_BATCH);
+                // The terminal's user list, once, before any record: from the realtime subscription (no request)
+                // or, when the sync read it first, as the sync's first batch.
+                if let Some(users) = users {
+                    assert!(user_list.is_none() && batches.is_empty() && records.is_empty(), "the list first, alone");
+                    user_list = Some(users);
+                    if request.is_none() {
+                        peer.send(&ServerMsg::Ack { batch }).await;
+                        continue;
+                    }
+                    list_in_sync = true;
+                }
+                assert_eq!((device.as_str(), request), ("door", Some(7)));
                 batches.push((batch, records));
             }
             AgentMsg::Reachability { .. } => {}
@@ -420,36 +433,42 @@ async fn sync_sends_acknowledged_batches_then_synced() {
     // ... and no fifth until one is acknowledged (a bounded wait is the only way to see an absence).
     let early = tokio::time::timeout(Duration::from_millis(400), peer.recv()).await;
     assert!(!matches!(early, Ok(AgentMsg::Punches { .. } | AgentMsg::Response { .. })), "{early:?}");
-    peer.send(&ServerMsg::Ack { batch: batches[0].0 }).await;
-    let fifth = peer
-        .recv_until(STEP, |m| match m {
-            AgentMsg::Punches { batch, records, .. } => Some((*batch, records.clone())),
-            _ => None,
-        })
-        .await;
-    batches.push(fifth);
-    for (batch, _) in &batches[1..4] {
+    // Each Ack lets one more go.
+    let expected = batches_expected + usize::from(list_in_sync);
+    let mut acked = 0;
+    while batches.len() < expected {
+        peer.send(&ServerMsg::Ack { batch: batches[acked].0 }).await;
+        acked += 1;
+        let next = peer
+            .recv_until(STEP, |m| match m {
+                AgentMsg::Punches { batch, records, .. } => Some((*batch, records.clone())),
+                _ => None,
+            })
+            .await;
+        batches.push(next);
+    }
+    for (batch, _) in &batches[acked..expected - 1] {
         peer.send(&ServerMsg::Ack { batch: *batch }).await;
     }
     // Synced only after the last Ack.
     let early = tokio::time::timeout(Duration::from_millis(300), peer.recv()).await;
     assert!(!matches!(early, Ok(AgentMsg::Response { .. })), "{early:?}");
-    peer.send(&ServerMsg::Ack { batch: batches[4].0 }).await;
+    peer.send(&ServerMsg::Ack { batch: batches[expected - 1].0 }).await;
     let synced = ok(peer.response(7).await);
     assert_eq!(
         synced,
-        OpResult::Synced {
-            records: RECORDS as u64,
-            batches: batches_expected as u64,
-            read: Some(RECORDS as u64),
-            reset: None
-        }
+        OpResult::Synced { records: RECORDS as u64, batches: expected as u64, read: Some(RECORDS as u64), reset: None }
     );
+    let enrolled: Vec<(u16, String, String)> =
+        fixture.users.iter().map(|u| (u.uid, u.user_id.clone(), u.name.clone())).collect();
+    let listed: Vec<(u16, String, String)> =
+        user_list.expect("the user list was sent").into_iter().map(|u| (u.uid, u.user_id, u.name)).collect();
+    assert_eq!(listed, enrolled, "the terminal's users, read in the sync's session");
 
     let mut ids: Vec<u64> = batches.iter().map(|(b, _)| *b).collect();
     ids.sort_unstable();
     ids.dedup();
-    assert_eq!(ids.len(), 5, "batch ids are unique");
+    assert_eq!(ids.len(), expected, "batch ids are unique");
     let got: Vec<Punch> = batches.into_iter().flat_map(|(_, r)| r).collect();
     let want: Vec<Punch> = fixture
         .attendance
@@ -520,9 +539,16 @@ async fn a_refused_batch_is_sent_again_long_before_the_ack_timeout() {
     }
     peer.send(&ServerMsg::Request { id: 3, device: "door".into(), op: Op::SyncAttendance }).await;
     let mut sent: Vec<(u64, Vec<Punch>)> = Vec::new();
+    let mut list_in_sync = false;
     while sent.len() < 2 {
-        if let AgentMsg::Punches { batch, records, .. } = peer.recv().await {
-            sent.push((batch, records));
+        match peer.recv().await {
+            // The terminal's user list (from the realtime subscription or the sync's read), stored.
+            AgentMsg::Punches { batch, users: Some(_), request, .. } => {
+                list_in_sync = request == Some(3);
+                peer.send(&ServerMsg::Ack { batch }).await;
+            }
+            AgentMsg::Punches { batch, records, .. } => sent.push((batch, records)),
+            _ => {}
         }
     }
     let (refused, first) = sent[0].clone();
@@ -540,7 +566,8 @@ async fn a_refused_batch_is_sent_again_long_before_the_ack_timeout() {
     assert_eq!(again, first, "the same batch, whole, again");
     peer.send(&ServerMsg::Ack { batch: refused }).await;
     let synced = ok(peer.response(3).await);
-    assert_eq!(synced, OpResult::Synced { records: 6_000, batches: 2, read: Some(6_000), reset: None });
+    let batches = 2 + u64::from(list_in_sync);
+    assert_eq!(synced, OpResult::Synced { records: 6_000, batches, read: Some(6_000), reset: None });
     agent.stop().await;
     sim.stop().await;
 }

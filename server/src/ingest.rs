@@ -8,12 +8,12 @@
 
 use std::collections::HashSet;
 
-use essl_wire::Punch;
+use essl_wire::{DeviceUser, Punch};
 use jiff::civil::DateTime;
 use jiff::tz::{AmbiguousOffset, TimeZone};
 use jiff::{SignedDuration, Timestamp};
 
-use crate::store::model::{Device, NewPunch};
+use crate::store::model::{Device, DeviceUserRow, NewPunch};
 use crate::store::{Store, StoreError};
 
 /// Flag: the local time occurs twice (clocks went back); the earlier instant was taken.
@@ -129,6 +129,43 @@ pub async fn store_punches(store: &Store, device: &Device, records: &[Punch]) ->
     }
     stats.inserted = store.insert_punches(device.id, &rows).await?;
     Ok(stats)
+}
+
+/// Replaces the device's user list with the one its terminal holds (an agent reads it in the same terminal session
+/// as the records it sends after it), so later punches are flagged against it. Entries no terminal can hold are
+/// left out rather than failing the list: a NUL in a text, a user id over 64 characters, a slot number seen twice
+/// (the first one counts). `Ok(n)`: the users stored. Only a database failure is an error (worth a re-send).
+pub async fn store_user_list(store: &Store, device: &Device, users: &[DeviceUser]) -> Result<usize, StoreError> {
+    let mut seen = HashSet::with_capacity(users.len());
+    let mut rows = Vec::with_capacity(users.len());
+    for u in users {
+        let texts = [u.user_id.as_str(), u.name.as_str(), u.group_id.as_str()];
+        if texts.iter().any(|t| t.contains('\0')) || u.user_id.chars().count() > 64 || !seen.insert(u.uid) {
+            tracing::warn!(device_id = %device.id, uid = u.uid, user_id = %u.user_id.escape_debug(), "user entry left out of the device's list");
+            continue;
+        }
+        rows.push(DeviceUserRow {
+            device_id: device.id,
+            uid: i32::from(u.uid),
+            user_id: u.user_id.clone(),
+            name: u.name.clone(),
+            privilege: i16::from(u.privilege),
+            card: i64::from(u.card),
+            group_id: u.group_id.clone(),
+        });
+    }
+    match store.replace_device_users(device.id, &rows).await {
+        Ok(()) => {
+            tracing::debug!(device_id = %device.id, users = rows.len(), "device users replaced");
+            Ok(rows.len())
+        }
+        // Nothing in the list can be fixed by sending it again: keep the old list, store the punches.
+        Err(error @ (StoreError::Invalid(_) | StoreError::Conflict(_))) => {
+            tracing::warn!(%error, device_id = %device.id, "the terminal's user list was refused; the previous one stays");
+            Ok(0)
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// The placeholder local time of a record whose raw time field `raw` is no date, and its instant (read as UTC).

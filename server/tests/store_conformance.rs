@@ -566,6 +566,43 @@ async fn device_users(store: Store) {
     assert_not_found(store.replace_device_users(Uuid::new_v4(), &[]).await);
 }
 
+/// A terminal's user list as an agent sends it: entries no terminal can hold are left out (never failing the list,
+/// which would hold back the punches after it), and the punches after it are flagged against it.
+async fn terminal_user_lists(store: Store) {
+    use essl_server::ingest::{FLAG_UNKNOWN_USER, store_punches, store_user_list};
+    let d = device(&store, "door").await;
+    let user = |uid: u16, user_id: &str| essl_wire::DeviceUser {
+        uid,
+        user_id: user_id.to_owned(),
+        name: format!("user {uid}"),
+        privilege: 0,
+        card: 0,
+        group_id: "1".to_owned(),
+    };
+    let list = vec![user(1, "1001"), user(2, "1002"), user(2, "dup"), user(3, "a\0b"), user(4, &"9".repeat(65))];
+    assert_eq!(store_user_list(&store, &d, &list).await.expect("stored"), 2);
+    let ids: Vec<String> = store.list_device_users(d.id).await.expect("list").into_iter().map(|u| u.user_id).collect();
+    assert_eq!(ids, ["1001", "1002"]);
+    let punch = |user_id: &str, second: u32| essl_wire::Punch {
+        uid: 0,
+        user_id: user_id.to_owned(),
+        local_time: format!("2025-11-24T09:00:{second:02}"),
+        status: 1,
+        punch: 0,
+        raw_time: None,
+    };
+    let stats = store_punches(&store, &d, &[punch("1001", 1), punch("dup", 2), punch("777", 3)]).await.expect("stored");
+    assert_eq!((stats.inserted, stats.unknown_user), (3, 2));
+    let rows = store.list_attendance(&AttendanceFilter { device_id: Some(d.id), ..filter(10) }).await;
+    let flags: BTreeSet<(String, i32)> = rows.expect("list").rows.into_iter().map(|r| (r.user_id, r.flags)).collect();
+    let want = [("1001", 0), ("777", FLAG_UNKNOWN_USER), ("dup", FLAG_UNKNOWN_USER)];
+    assert_eq!(flags, want.iter().map(|(u, f)| (u.to_string(), *f)).collect());
+    // An empty list: nothing known, nothing flagged from then on.
+    assert_eq!(store_user_list(&store, &d, &[]).await.expect("stored"), 0);
+    let stats = store_punches(&store, &d, &[punch("888", 4)]).await.expect("stored");
+    assert_eq!(stats.unknown_user, 0);
+}
+
 async fn sync_attempts(store: Store) {
     let d = device(&store, "door").await;
     let site = store.create_site("office").await.expect("site");
@@ -964,6 +1001,7 @@ conformance!(
     large_batches,
     attendance_pagination,
     device_users,
+    terminal_user_lists,
     sync_attempts,
     sync_summaries,
     delete_cascades,

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument;
 
-pub(crate) use read::{read_terminal, to_punch};
+pub(crate) use read::{read_terminal, to_device_user, to_punch};
 
 use crate::config::{Collect, Timing};
 use crate::outbox::Outbox;

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use essl_wire::Punch;
+use essl_wire::{DeviceUser, Punch};
 use essl_zk::RealtimeEvent;
 use essl_zk::event::AttendanceEvent;
 use tokio::time::Instant;
 
-use super::Live;
+use super::{Live, to_device_user};
 use crate::config::{Collect, Timing};
 use crate::outbox::{Outbox, OutboxError};
 use crate::relay::devices::{Device, RealtimeSession};
@@ -89,6 +89,7 @@ async fn subscription(
         Ok(u) => u,
         Err(e) => return fail(session, e).await,
     };
+    users.queue(outbox, &device.spec.id).await;
     if let Err(e) = session.client.subscribe_attendance().await {
         return fail(session, e.to_string()).await;
     }
@@ -107,7 +108,7 @@ async fn subscription(
         };
         match event {
             Ok(Some(RealtimeEvent::Attendance(e))) => {
-                let punch = users.punch(&mut session, e).await;
+                let punch = users.punch(&mut session, outbox, &device.spec.id, e).await;
                 queue(outbox, &device.spec.id, punch).await;
             }
             Ok(Some(RealtimeEvent::Other { flag, .. })) => tracing::debug!(flag, "other realtime event ignored"),
@@ -139,8 +140,11 @@ async fn queue(outbox: &Outbox, device: &str, punch: Punch) {
     }
 }
 
-/// The terminal's users by PIN: events name only the PIN, records also carry the terminal's internal uid.
+/// The terminal's users by PIN: events name only the PIN, records also carry the terminal's internal uid. The
+/// list also goes to the server (through the outbox, before the punches read after it) whenever it changed, so
+/// punches of users the terminal does not know are flagged.
 struct Users {
+    list: Vec<DeviceUser>,
     by_pin: HashMap<String, u16>,
     read_at: Instant,
 }
@@ -148,16 +152,36 @@ struct Users {
 impl Users {
     async fn read(session: &mut RealtimeSession) -> Result<Users, String> {
         let (_, users) = session.client.read_users().await.map_err(|e| format!("cannot read the users: {e}"))?;
-        Ok(Users { by_pin: users.into_iter().map(|u| (u.user_id, u.uid)).collect(), read_at: Instant::now() })
+        let list: Vec<DeviceUser> = users.into_iter().map(to_device_user).collect();
+        let by_pin = list.iter().map(|u| (u.user_id.clone(), u.uid)).collect();
+        Ok(Users { list, by_pin, read_at: Instant::now() })
+    }
+
+    /// Queues the list for the server unless it is the one last queued.
+    async fn queue(&self, outbox: &Outbox, device: &str) {
+        match outbox.enqueue_users(device, &self.list).await {
+            Ok(batch) => tracing::debug!(users = self.list.len(), ?batch, "user list checked"),
+            Err(OutboxError::Full { .. }) => {}
+            Err(error) => tracing::warn!(%error, "cannot queue the terminal's user list"),
+        }
     }
 
     /// The event as a record. A PIN enrolled since the list was read makes it read again (at most once a minute);
     /// a PIN still unknown gets uid 0 (the scheduled sync's record does not replace it: the server keeps the
     /// first row of a punch).
-    async fn punch(&mut self, session: &mut RealtimeSession, e: AttendanceEvent) -> Punch {
+    async fn punch(
+        &mut self,
+        session: &mut RealtimeSession,
+        outbox: &Outbox,
+        device: &str,
+        e: AttendanceEvent,
+    ) -> Punch {
         if !self.by_pin.contains_key(&e.user_id) && self.read_at.elapsed() >= USERS_REFRESH {
             match Users::read(session).await {
-                Ok(fresh) => *self = fresh,
+                Ok(fresh) => {
+                    *self = fresh;
+                    self.queue(outbox, device).await;
+                }
                 Err(error) => tracing::debug!(%error, "user list not refreshed"),
             }
         }

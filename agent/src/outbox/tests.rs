@@ -41,7 +41,7 @@ fn punch(i: usize) -> Punch {
 }
 
 fn read(serial: &str, n: usize) -> TerminalRead {
-    TerminalRead { serial: serial.into(), records: (0..n).map(punch).collect() }
+    TerminalRead { serial: serial.into(), records: (0..n).map(punch).collect(), users: None }
 }
 
 async fn open(path: &Path) -> Outbox {
@@ -114,7 +114,7 @@ async fn second_read_sends_only_what_is_new_and_a_cleared_log_everything() {
     assert_eq!(outbox.watermark("d").await.expect("reads").map(|m| m.count), Some(100_012));
 
     // Cleared and three new punches: all three, and the watermark starts again from them.
-    let cleared = TerminalRead { serial: "S1".into(), records: (500_000..500_003).map(punch).collect() };
+    let cleared = TerminalRead { serial: "S1".into(), records: (500_000..500_003).map(punch).collect(), users: None };
     let after_clear = outbox.enqueue_read("d", &cleared, None).await.expect("queued");
     assert_eq!(after_clear.sent, 3);
     assert!(matches!(after_clear.reset, Some(Reset::CountWentDown { was: 100_012, now: 3 })));
@@ -308,4 +308,93 @@ async fn fill_to(outbox: &Outbox, next: &mut usize, percent: u64) {
         *next += 100;
         outbox.enqueue_punches("d", &punches).await.expect("room");
     }
+}
+
+fn users(n: usize, name_len: usize) -> Vec<DeviceUser> {
+    (0..n)
+        .map(|i| DeviceUser {
+            uid: (i % 65_535) as u16 + 1,
+            user_id: format!("{}", 1000 + i),
+            name: "é".repeat(name_len),
+            privilege: 0,
+            card: i as u32,
+            group_id: "1".into(),
+        })
+        .collect()
+}
+
+fn read_with_users(serial: &str, n: usize, list: Vec<DeviceUser>) -> TerminalRead {
+    TerminalRead { users: Some(list), ..read(serial, n) }
+}
+
+/// The user list leaves before the records read with it, only when it changed, and holds the watermark back
+/// like any batch of its read.
+#[tokio::test]
+async fn a_changed_user_list_goes_first_and_once() {
+    let file = TempFile::new("users");
+    let outbox = open(&file.0).await;
+    let first = outbox.enqueue_read("d", &read_with_users("S", 10, users(3, 4)), None).await.expect("queued");
+    assert_eq!((first.sent, first.batches.len()), (10, 2));
+    let queued = drain(&outbox).await;
+    assert_eq!(queued[0].users, Some(users(3, 4)), "the list first");
+    assert!(queued[0].records.is_empty());
+    assert_eq!((queued[1].users.as_ref(), queued[1].records.len()), (None, 10));
+    outbox.ack(queued[1].id).await.expect("ack");
+    assert_eq!(outbox.watermark("d").await.expect("reads"), None, "the list's batch is not acknowledged yet");
+    outbox.ack(queued[0].id).await.expect("ack");
+    assert_eq!(outbox.watermark("d").await.expect("reads").map(|m| m.count), Some(10));
+
+    // The same list again: nothing to send, neither from a read nor from the realtime subscription.
+    let same = outbox.enqueue_read("d", &read_with_users("S", 12, users(3, 4)), None).await.expect("queued");
+    assert_eq!((same.sent, same.batches.len()), (2, 1));
+    assert_eq!(outbox.enqueue_users("d", &users(3, 4)).await.expect("checked"), None);
+    ack_all(&outbox).await;
+    // One more user enrolled: the new list goes, even with no new records.
+    let enrolled = outbox.enqueue_users("d", &users(4, 4)).await.expect("queued").expect("a batch");
+    let queued = drain(&outbox).await;
+    assert_eq!((queued.len(), queued[0].id, queued[0].users.as_ref().map(Vec::len)), (1, enrolled, Some(4)));
+    // Other devices have lists of their own; a read without a list leaves the last one alone.
+    assert!(outbox.enqueue_users("e", &users(4, 4)).await.expect("queued").is_some());
+    ack_all(&outbox).await;
+    assert_eq!(outbox.enqueue_read("d", &read("S", 13), None).await.expect("queued").batches.len(), 1);
+    assert_eq!(outbox.enqueue_users("d", &users(4, 4)).await.expect("checked"), None);
+}
+
+/// A list that cannot travel in one message is not queued; the records still are.
+#[tokio::test]
+async fn a_user_list_too_big_for_one_message_is_left_out() {
+    let file = TempFile::new("users-big");
+    let outbox = open(&file.0).await;
+    let big = users(essl_wire::MAX_USERS_PER_BATCH, 60);
+    let queued = outbox.enqueue_read("d", &read_with_users("S", 5, big), None).await.expect("queued");
+    assert_eq!((queued.sent, queued.batches.len()), (5, 1));
+    assert_eq!(drain(&outbox).await[0].users, None);
+    assert_eq!(outbox.enqueue_users("d", &users(essl_wire::MAX_USERS_PER_BATCH + 1, 1)).await.expect("ok"), None);
+    // The largest list the wire allows, with ordinary names, does travel.
+    let most =
+        users(essl_wire::MAX_USERS_PER_BATCH, 8).into_iter().map(|u| DeviceUser { name: "Anjali K".into(), ..u });
+    assert!(outbox.enqueue_users("d", &most.collect::<Vec<_>>()).await.expect("queued").is_some());
+}
+
+/// An outbox written before batches could carry a user list opens, keeps its batches and takes lists.
+#[tokio::test]
+async fn an_outbox_from_before_user_lists_is_upgraded() {
+    let file = TempFile::new("users-upgrade");
+    {
+        let mut conn = options(&file.0).connect().await.expect("creates");
+        let old = SCHEMA.replace("    records TEXT NOT NULL,\n    users TEXT\n", "    records TEXT NOT NULL\n");
+        assert_ne!(old, SCHEMA);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(old)).execute(&mut conn).await.expect("old schema");
+        sqlx::query("INSERT INTO batch (device, read_id, punches, created_ms, records) VALUES ('d', NULL, 1, 0, ?)")
+            .bind(serde_json::to_string(&[punch(1)]).expect("json"))
+            .execute(&mut conn)
+            .await
+            .expect("old batch");
+        conn.close().await.expect("closes");
+    }
+    let outbox = open(&file.0).await;
+    outbox.enqueue_users("d", &users(2, 3)).await.expect("queued").expect("a batch");
+    let queued = drain(&outbox).await;
+    assert_eq!((queued[0].records.clone(), queued[0].users.clone()), (vec![punch(1)], None));
+    assert_eq!(queued[1].users, Some(users(2, 3)));
 }

@@ -171,7 +171,8 @@ async fn held(
     for round in 1..=ROUNDS {
         let serial = client.read_option("~SerialNumber").await.map_err(zk_error)?.unwrap_or_default();
         let read = client.read_attendance(&mut |_, _| {}).await.map_err(zk_error)?;
-        let log = TerminalRead { serial, records: read.records.iter().map(to_punch).collect() };
+        // No user list: the clear is about records, and a queued list would only delay the confirmation.
+        let log = TerminalRead { serial, records: read.records.iter().map(to_punch).collect(), users: None };
         tracing::debug!(round, records = log.records.len(), "log read while held");
 
         if let Err(missing) = ctx.outbox.confirms(device_id, &log).await.map_err(outbox_error)? {

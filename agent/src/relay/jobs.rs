@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use essl_wire::{AgentMsg, DeviceInfo, DeviceUser, ErrorKind, Op, OpError, OpResult, Outcome};
+use essl_wire::{AgentMsg, DeviceInfo, ErrorKind, Op, OpError, OpResult, Outcome};
 use essl_zk::ZkError;
 use jiff::civil::DateTime;
 use tokio::task::{AbortHandle, Id, JoinSet};
@@ -16,6 +16,7 @@ use super::clear::{self, Verdicts};
 use super::devices::{Device, DeviceTable};
 use super::outgoing::Out;
 use super::sync;
+use crate::collect::to_device_user;
 use crate::config::Timing;
 use crate::outbox::Outbox;
 
@@ -125,20 +126,10 @@ async fn execute(ctx: &JobCtx, id: u64, device: &Device, op: Op) -> Result<OpRes
     let mut session = device.session(&ctx.timing).await.map_err(zk_error)?;
     let c = &mut session.client;
     let result = match work {
-        Work::Users => c.read_users().await.map(|(_, users)| OpResult::Users {
-            users: users
-                .into_iter()
-                // The user's keypad password stays on the LAN.
-                .map(|u| DeviceUser {
-                    uid: u.uid,
-                    user_id: u.user_id,
-                    name: u.name,
-                    privilege: u.privilege,
-                    card: u.card,
-                    group_id: u.group_id,
-                })
-                .collect(),
-        }),
+        Work::Users => c
+            .read_users()
+            .await
+            .map(|(_, users)| OpResult::Users { users: users.into_iter().map(to_device_user).collect() }),
         Work::Info => c.device_info().await.map(|i| {
             OpResult::Info(DeviceInfo {
                 serial_number: i.serial_number,

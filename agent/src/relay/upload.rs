@@ -91,7 +91,8 @@ async fn run(outbox: Outbox, out: Out, conn: u64, mut replies: mpsc::UnboundedRe
             };
             let request = next.tag.filter(|t| t.conn == conn).map(|t| t.request);
             let (batch, records) = (next.id, next.records.len());
-            let msg = AgentMsg::Punches { batch, device: next.device, request, records: next.records };
+            let msg =
+                AgentMsg::Punches { batch, device: next.device, request, records: next.records, users: next.users };
             if out.send(Outgoing::Msg(msg)).await.is_err() {
                 return;
             }

@@ -242,12 +242,13 @@ async fn an_agent_killed_mid_upload_finishes_from_its_outbox(db: TestDb) {
         let (server, device) = (server.clone(), o.device.clone());
         tokio::spawn(async move { server.post("/api/essl/sync-attendance", json!({"deviceId": device})).await })
     };
-    // The first committed batch: the rest are on the wire or still queued. Kill the agent right there.
+    // The first committed batch of records (not the terminal's user list): the rest are on the wire or still
+    // queued. Kill the agent right there.
     let id = o.device_id;
     wait_event(
         &mut events,
         Duration::from_secs(30),
-        |e| matches!(e, HubEvent::BatchCommitted { device_id, .. } if *device_id == id),
+        |e| matches!(e, HubEvent::BatchCommitted { device_id, records, .. } if *device_id == id && *records > 0),
     )
     .await;
     o.agent.kill();
@@ -303,7 +304,8 @@ async fn a_batch_delivered_twice_is_stored_once(db: TestDb) {
             raw_time: None,
         })
         .collect();
-    let batch = essl_wire::AgentMsg::Punches { batch: 7, device: o.device.clone(), request: None, records };
+    let batch =
+        essl_wire::AgentMsg::Punches { batch: 7, device: o.device.clone(), request: None, records, users: None };
     let mut acks = 0;
     for _ in 0..2 {
         ws.send(send(batch.clone())).await.expect("batch");

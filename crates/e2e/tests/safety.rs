@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use essl_e2e::*;
 use essl_server::hub::HubEvent;
 use essl_server::ingest::{FLAG_INVALID_TIME, FLAG_UNKNOWN_USER};
-use essl_server::store::model::DeviceUserRow;
 use essl_zk_sim::fixture::PunchFixture;
 use essl_zk_sim::{Fixture, Simulator, generate};
 use reqwest::StatusCode;
@@ -156,21 +155,8 @@ async fn corrupt_records_and_unknown_users_are_stored_flagged_once(db: TestDb) {
     fixture.attendance.insert(201, stranger);
     fixture.attendance.push(corrupt("1004", PAST_2099));
     let o = office(&db, &fixture, |_| {}).await;
-    // The server knows the device's enrolled users (as a user sync leaves them).
-    let users: Vec<DeviceUserRow> = fixture
-        .users
-        .iter()
-        .map(|u| DeviceUserRow {
-            device_id: o.device_id,
-            uid: i32::from(u.uid),
-            user_id: u.user_id.clone(),
-            name: u.name.clone(),
-            privilege: i16::from(u.privilege),
-            card: i64::from(u.card),
-            group_id: u.group_id.clone(),
-        })
-        .collect();
-    o.server.state.store.replace_device_users(o.device_id, &users).await.expect("users stored");
+    // Nothing tells the server who is enrolled: the staff sync reads the terminal's users before its punches, and
+    // the stranger's punch is flagged against that list.
 
     let first = sync(&o.server, &o.device).await;
     assert_eq!(first["totalRecords"], 303, "every record is new: {first}");

@@ -147,6 +147,41 @@ mod tests {
         assert_eq!(seen_by_old, OldAgentMsg::Reachability { reports });
     }
 
+    /// `Punches.users` is new: an older agent's batch still decodes (no list), a batch without a list is encoded
+    /// exactly as before, and an older server decodes a batch with a list (ignoring it).
+    #[test]
+    fn punches_users_are_backward_compatible() {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        enum OldAgentMsg {
+            Punches { batch: u64, device: String, request: Option<u64>, records: Vec<Punch> },
+        }
+        let old = OldAgentMsg::Punches { batch: 3, device: "d".into(), request: Some(9), records: Vec::new() };
+        let old_bytes = rmp_serde::to_vec_named(&old).expect("encodes");
+        let new = decode_agent(&old_bytes).expect("decodes");
+        let plain =
+            AgentMsg::Punches { batch: 3, device: "d".into(), request: Some(9), records: Vec::new(), users: None };
+        assert_eq!(new, plain);
+        assert_eq!(encode_agent(&plain).expect("encodes"), old_bytes, "a batch without a list is encoded as before");
+        let user = DeviceUser {
+            uid: 1,
+            user_id: "1001".into(),
+            name: "Anjali".into(),
+            privilege: 0,
+            card: 0,
+            group_id: "1".into(),
+        };
+        let with_list = AgentMsg::Punches {
+            batch: 3,
+            device: "d".into(),
+            request: Some(9),
+            records: Vec::new(),
+            users: Some(vec![user]),
+        };
+        let seen_by_old: OldAgentMsg =
+            rmp_serde::from_slice(&encode_agent(&with_list).expect("encodes")).expect("an old server decodes it");
+        assert_eq!(seen_by_old, old);
+    }
+
     #[test]
     fn negotiation() {
         assert_eq!(negotiate(1, 1), Some(1), "an agent of protocol 1 is still served");

@@ -39,6 +39,10 @@ pub const MIN_PROTOCOL_VERSION: u16 = 1;
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Most punches in one [`AgentMsg::Punches`] batch; keeps each batch well under [`MAX_MESSAGE_BYTES`].
 pub const MAX_PUNCHES_PER_BATCH: usize = 5_000;
+/// Most users in one [`AgentMsg::Punches`] batch's user list: the largest terminals enrol 30,000 people, and even
+/// with every text field at its longest the batch stays under [`MAX_MESSAGE_BYTES`] (tested). An agent whose
+/// terminal holds more sends no list (its punches are stored unflagged) rather than a message the server refuses.
+pub const MAX_USERS_PER_BATCH: usize = 30_000;
 
 /// The highest version both sides speak, if any.
 pub fn negotiate(peer_min: u16, peer_max: u16) -> Option<u16> {

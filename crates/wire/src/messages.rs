@@ -20,7 +20,19 @@ pub enum AgentMsg {
         outbox: Option<OutboxFill>,
     },
     /// Attendance records of one device, to be stored and then acknowledged with `Ack { batch }`.
-    Punches { batch: u64, device: String, request: Option<u64>, records: Vec<Punch> },
+    ///
+    /// `users` (optional, at most [`crate::MAX_USERS_PER_BATCH`]): the terminal's whole list of enrolled users,
+    /// read in the same terminal session as the records that follow it, sent when it changed. The server replaces
+    /// the device's user list with it before storing `records` (usually none), so the punches after it are
+    /// flagged against the users the terminal really has. Older servers ignore it.
+    Punches {
+        batch: u64,
+        device: String,
+        request: Option<u64>,
+        records: Vec<Punch>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        users: Option<Vec<DeviceUser>>,
+    },
     /// Protocol 2, during `ClearAttendance` request `id`: the terminal is held and every record on it is
     /// acknowledged; does the server's database hold them? Answered with [`ServerMsg::Stored`]; the agent clears
     /// the terminal only on `confirmed: true`.

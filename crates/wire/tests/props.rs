@@ -20,6 +20,12 @@ fn punch() -> impl Strategy<Value = Punch> {
     )
 }
 
+fn user() -> impl Strategy<Value = DeviceUser> {
+    (any::<u16>(), text(), text(), any::<u8>(), any::<u32>(), text()).prop_map(
+        |(uid, user_id, name, privilege, card, group_id)| DeviceUser { uid, user_id, name, privilege, card, group_id },
+    )
+}
+
 fn outbox_fill() -> impl Strategy<Value = OutboxFill> {
     (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
         |(bytes, limit_bytes, pending_records, pending_batches)| OutboxFill {
@@ -98,8 +104,20 @@ fn agent_msg() -> impl Strategy<Value = AgentMsg> {
                 })
                 .collect()
         }),
-        (any::<u64>(), text(), proptest::option::of(any::<u64>()), proptest::collection::vec(punch(), 0..20))
-            .prop_map(|(batch, device, request, records)| AgentMsg::Punches { batch, device, request, records }),
+        (
+            any::<u64>(),
+            text(),
+            proptest::option::of(any::<u64>()),
+            proptest::collection::vec(punch(), 0..20),
+            proptest::option::of(proptest::collection::vec(user(), 0..8))
+        )
+            .prop_map(|(batch, device, request, records, users)| AgentMsg::Punches {
+                batch,
+                device,
+                request,
+                records,
+                users
+            }),
         (any::<u64>(), any::<u64>(), any::<u64>(), proptest::option::of(text()), proptest::option::of(text()))
             .prop_map(|(id, records, keys, first_local_time, last_local_time)| AgentMsg::ConfirmStored {
                 id,
@@ -206,6 +224,7 @@ fn oversized_messages_are_refused_both_ways() {
             };
             40_000
         ],
+        users: None,
     };
     assert!(matches!(encode_agent(&huge), Err(WireError::TooLarge(_))));
     assert!(matches!(decode_agent(&vec![0u8; MAX_MESSAGE_BYTES + 1]), Err(WireError::TooLarge(_))));

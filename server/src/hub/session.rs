@@ -273,9 +273,11 @@ async fn handle(
                 return Ok(());
             }
         }
-        AgentMsg::Punches { batch, device, request, records } => {
+        AgentMsg::Punches { batch, device, request, records, users } => {
             let Ok(device_id) = Uuid::try_parse(&device) else { return Err(Violation) };
-            if records.len() > essl_wire::MAX_PUNCHES_PER_BATCH {
+            if records.len() > essl_wire::MAX_PUNCHES_PER_BATCH
+                || users.as_ref().is_some_and(|u| u.len() > essl_wire::MAX_USERS_PER_BATCH)
+            {
                 return Err(Violation);
             }
             let device = match ctx.store.get_device(device_id).await {
@@ -299,7 +301,16 @@ async fn handle(
                     return Ok(());
                 }
             };
-            match ingest::store_punches(&ctx.store, &device, &records).await {
+            // The user list first: the records after it are checked against it.
+            let stored = match &users {
+                Some(users) => ingest::store_user_list(&ctx.store, &device, users).await.map(drop),
+                None => Ok(()),
+            };
+            let stored = match stored {
+                Ok(()) => ingest::store_punches(&ctx.store, &device, &records).await,
+                Err(error) => Err(error.into()),
+            };
+            match stored {
                 Ok(stats) => {
                     if let Some(id) = request {
                         ctx.hub.add_stored(agent.id, id, records.len() as u64, stats.inserted);

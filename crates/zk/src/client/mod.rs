@@ -85,6 +85,9 @@ pub enum RealtimeEvent {
 pub struct AttendanceRead {
     pub layout: RecordLayout,
     pub records: Vec<AttendanceRecord>,
+    /// The user list, when it was read to complete the records of a short layout (callers that want it too need
+    /// not read it again).
+    pub users: Option<Vec<User>>,
 }
 
 /// A connected, authenticated session.
@@ -270,12 +273,14 @@ impl ZkClient {
         let table = self.read_table(CMD_ATTLOG_RRQ, 0, progress).await?;
         let hint = usize::try_from(sizes.records).ok();
         let (layout, mut records) = crate::attendance::decode_table(&table, hint)?;
+        let mut users = None;
         if !layout.is_complete() && !records.is_empty() {
             // The short layouts name only the uid (8) or only the PIN (16): the user list supplies the other.
-            let (_, users) = self.read_users().await?;
-            resolve_users(layout, &mut records, &users);
+            let (_, list) = self.read_users().await?;
+            resolve_users(layout, &mut records, &list);
+            users = Some(list);
         }
-        Ok(AttendanceRead { layout, records })
+        Ok(AttendanceRead { layout, records, users })
     }
 
     /// Deletes every attendance record on the terminal. Destructive: callers must have stored them first.
