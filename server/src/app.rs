@@ -20,8 +20,10 @@ pub struct AppState {
     pub store: Store,
     pub hub: Hub,
     pub auth: Auth,
-    /// Cancelled when the server begins to shut down.
+    /// Cancelled when the server begins to shut down (HTTP stops accepting; event streams end).
     pub shutdown: CancellationToken,
+    /// Cancelled at the end of a shutdown, once in-flight requests are done: agent sessions and cluster work end.
+    pub agents_stop: CancellationToken,
     pub config: Arc<ServerConfig>,
     pub metrics: Arc<Metrics>,
     /// Rate limits of the push (ADMS) endpoints.
@@ -41,6 +43,8 @@ pub struct ServerConfig {
     pub events_recheck: Duration,
     /// The push (ADMS / iclock) endpoints.
     pub push: crate::push::PushConfig,
+    /// Several instances on one PostgreSQL database (ignored on SQLite).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +55,7 @@ impl Default for ServerConfig {
             tls: false,
             events_recheck: Duration::from_secs(60),
             push: crate::push::PushConfig::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
         }
     }
 }
@@ -63,6 +68,7 @@ impl AppState {
             push: Arc::new(crate::push::PushHub::new(&config.push)),
             store,
             shutdown: CancellationToken::new(),
+            agents_stop: CancellationToken::new(),
             config: Arc::new(config),
             metrics: Arc::new(Metrics::default()),
         }
@@ -123,7 +129,34 @@ impl AppState {
     }
 
     pub fn session_ctx(&self) -> SessionCtx {
-        SessionCtx { hub: self.hub.clone(), store: self.store.clone(), shutdown: self.shutdown.clone() }
+        SessionCtx { hub: self.hub.clone(), store: self.store.clone(), shutdown: self.agents_stop.clone() }
+    }
+
+    /// On PostgreSQL, joins the other instances on the same database (see [`crate::cluster`]); on SQLite, nothing.
+    pub async fn join_cluster(&self) -> Result<(), crate::cluster::JoinError> {
+        let Some(pool) = self.store.postgres_pool() else { return Ok(()) };
+        crate::cluster::Cluster::join(
+            pool,
+            self.hub.clone(),
+            self.store.clone(),
+            self.config.cluster.clone(),
+            self.agents_stop.clone(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The end of a shutdown, once HTTP work is done: forwarded requests finish, agents are told to reconnect
+    /// elsewhere (a short jittered delay on their side), and this instance leaves the cluster.
+    pub async fn let_agents_go(&self) {
+        if let Some(cluster) = self.hub.cluster() {
+            cluster.drain(self.config.grace).await;
+        }
+        self.hub.close_all(essl_wire::close::GOING_AWAY, "server shutting down");
+        self.agents_stop.cancel();
+        if let Some(cluster) = self.hub.cluster() {
+            cluster.leave().await;
+        }
     }
 
     /// Tells the site's connected agents its device list changed.
@@ -144,6 +177,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     state.start_background();
+    state.join_cluster().await.map_err(std::io::Error::other)?;
     let app = crate::http::router(state.clone());
     let signal = state.shutdown.clone();
     let stop = {
@@ -172,6 +206,6 @@ pub async fn run(
             Ok(())
         }
     };
-    state.hub.close_all(essl_wire::close::GOING_AWAY, "server shutting down");
+    state.let_agents_go().await;
     result
 }

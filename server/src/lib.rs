@@ -7,6 +7,8 @@
 //! - [`ingest`]: terminal records to attendance rows (time zones, flags).
 //! - [`store`]: one interface, SQLite and PostgreSQL behind it.
 //! - [`push`]: push (ADMS / iclock) terminals: their HTTP endpoints, parsers, command queue.
+//! - [`cluster`]: several instances on one PostgreSQL database (shared registry with leases, requests and events
+//!   across instances by LISTEN/NOTIFY).
 //! - [`auth`]: tokens and callers. [`app`]: state, the serve loop, shutdown.
 //!
 //! The server never speaks the terminal protocol itself: it has no dependency on `essl-zk`.
@@ -14,6 +16,7 @@
 pub mod app;
 pub mod auth;
 pub mod clear;
+pub mod cluster;
 pub mod http;
 pub mod hub;
 pub mod ingest;

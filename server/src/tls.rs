@@ -18,6 +18,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let config = RustlsConfig::from_pem_file(cert, key).await?;
     state.start_background();
+    state.join_cluster().await.map_err(std::io::Error::other)?;
     let app = crate::http::router(state.clone());
     let handle = axum_server::Handle::new();
     {
@@ -33,6 +34,6 @@ pub async fn serve(
         .handle(handle)
         .serve(app.into_make_service_with_connect_info::<SocketAddr>())
         .await;
-    state.hub.close_all(essl_wire::close::GOING_AWAY, "server shutting down");
+    state.let_agents_go().await;
     result
 }

@@ -1,6 +1,7 @@
 //! The test harness: a real `essl-server` (in-process, on port 0, with a real database), real agents (the agent's
 //! relay loop, in-process, over a real WebSocket) and simulated terminals. Nothing here is a mock.
 
+pub mod balancer;
 pub mod browser;
 pub mod db;
 pub mod exact;
@@ -20,6 +21,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+pub use balancer::Balancer;
 pub use db::{Backend, TestDb};
 pub use exact::{Comparison, Puncher, assert_exact, wait_exact};
 pub use proxy::Proxy;
@@ -53,12 +55,21 @@ pub fn test_hub() -> HubConfig {
         probe_interval: Duration::from_millis(500),
         request_timeout: Duration::from_secs(10),
         sync_timeout: Duration::from_secs(120),
+        ..HubConfig::default()
     }
 }
 
 /// Server settings for tests: live event streams re-check their credentials often, so tests of it are quick.
+/// On PostgreSQL, instances renew their cluster lease every 500 ms (a killed one is forgotten within a second).
 fn test_config() -> ServerConfig {
-    ServerConfig { events_recheck: Duration::from_millis(300), ..ServerConfig::default() }
+    ServerConfig {
+        events_recheck: Duration::from_millis(300),
+        cluster: essl_server::cluster::ClusterConfig {
+            heartbeat: Duration::from_millis(500),
+            ..essl_server::cluster::ClusterConfig::default()
+        },
+        ..ServerConfig::default()
+    }
 }
 
 /// Push (ADMS) timing for tests: terminals poll every second and retry a second after a failure; a command
@@ -146,6 +157,21 @@ impl Server {
             essl_server::tls::serve(listener, st, &cert, &key, async move { signal.cancelled().await }).await
         });
         Server { addr, state, admin, staff, http: reqwest::Client::new(), stop, task }
+    }
+
+    /// Ends the instance as `kill -9` would, as far as other instances can tell: its cluster membership stops
+    /// without a goodbye (no lease renewal, no registry write) and it stops serving HTTP. Its agents' connections
+    /// stay open until the test cuts them (`Balancer::cut`), as a dead machine's do until the network notices.
+    pub fn crash(self) {
+        if let Some(cluster) = self.state.hub.cluster() {
+            cluster.halt();
+        }
+        self.task.abort();
+    }
+
+    /// This instance's id in the cluster (PostgreSQL only).
+    pub fn instance_id(&self) -> Option<uuid::Uuid> {
+        self.state.hub.cluster().map(|c| c.id())
     }
 
     /// Graceful shutdown, as on SIGTERM.

@@ -87,8 +87,12 @@ pub async fn metrics(
     State(state): State<AppState>,
     _caller: crate::http::extract::Caller,
 ) -> impl axum::response::IntoResponse {
-    let agents: Vec<AgentFigures> =
-        state.hub.presences().into_iter().map(|p| AgentFigures { agent_id: p.agent_id, outbox: p.outbox }).collect();
+    let agents: Vec<AgentFigures> = state
+        .hub
+        .local_presences()
+        .into_iter()
+        .map(|(p, _)| AgentFigures { agent_id: p.agent_id, outbox: p.outbox })
+        .collect();
     (
         [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics.render_with_agents(&agents),

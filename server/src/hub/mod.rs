@@ -13,15 +13,17 @@ pub mod session;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use essl_wire::{ErrorKind, Op, OpResult, OutboxFill, Outcome, Reach, ServerMsg};
 use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::cluster::Cluster;
 use crate::store::model::Device;
 
 pub use flight::SyncFlights;
@@ -39,6 +41,10 @@ pub struct HubConfig {
     pub request_timeout: Duration,
     /// Deadline of a whole attendance sync.
     pub sync_timeout: Duration,
+    /// A request that finds no agent for a device whose site had one within this window waits up to
+    /// [`HubConfig::handoff_wait`] for it to reconnect (here or on another instance) instead of failing.
+    pub handoff_window: Duration,
+    pub handoff_wait: Duration,
 }
 
 impl Default for HubConfig {
@@ -49,6 +55,8 @@ impl Default for HubConfig {
             probe_interval: Duration::from_secs(30),
             request_timeout: Duration::from_secs(15),
             sync_timeout: Duration::from_secs(600),
+            handoff_window: Duration::from_secs(15),
+            handoff_wait: Duration::from_secs(5),
         }
     }
 }
@@ -86,8 +94,10 @@ pub struct Reachability {
     pub error: Option<String>,
 }
 
-/// Something happened that dashboards may want to show live.
-#[derive(Debug, Clone, PartialEq)]
+/// Something happened that dashboards may want to show live. With several instances, each instance's events reach
+/// every other instance's subscribers too (`cluster`), so they are serializable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
 pub enum HubEvent {
     AgentConnected {
         agent_id: Uuid,
@@ -176,11 +186,51 @@ pub(crate) struct Conn {
     pending: HashMap<u64, Pending>,
 }
 
+/// An agent connected to another instance, as mirrored here from the shared registry (see `cluster`).
+struct RemoteConn {
+    instance: Uuid,
+    conn: u64,
+    presence: AgentPresence,
+}
+
+/// An agent of another instance as the shared registry lists it (see [`Hub::replace_remote`]).
+pub(crate) struct MirroredAgent {
+    pub instance: Uuid,
+    pub conn: u64,
+    pub presence: AgentPresence,
+    /// Its latest probe of each device.
+    pub reports: Vec<(Uuid, Reachability)>,
+}
+
+/// Where a request for an agent goes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Target {
+    agent: Uuid,
+    /// The instance holding the agent's connection, when it is not this one.
+    instance: Option<Uuid>,
+}
+
 #[derive(Default)]
 struct State {
     conns: HashMap<Uuid, Conn>,
-    /// device -> agent -> latest probe.
+    /// Agents connected to other instances (empty without a cluster).
+    remote: HashMap<Uuid, RemoteConn>,
+    /// device -> agent -> latest probe (agents of this instance and mirrored ones alike).
     reach: HashMap<Uuid, HashMap<Uuid, Reachability>>,
+    /// site -> when an agent of it last went away: a request that finds no agent waits a moment for it to come
+    /// back (a rolling restart moves agents from one instance to another).
+    left: HashMap<Uuid, Instant>,
+    /// instance -> until when its lease holds, as the registry said at the last refresh: agents of an instance
+    /// whose lease ran out are not shown or used, even before the next refresh.
+    leases: HashMap<Uuid, Instant>,
+}
+
+impl State {
+    /// Mirrored agents whose instance still holds its lease.
+    fn live_remote(&self) -> impl Iterator<Item = &RemoteConn> {
+        let now = Instant::now();
+        self.remote.values().filter(move |r| self.leases.get(&r.instance).is_some_and(|until| *until > now))
+    }
 }
 
 struct Inner {
@@ -189,6 +239,8 @@ struct Inner {
     next_id: AtomicU64,
     events: broadcast::Sender<HubEvent>,
     flights: SyncFlights,
+    /// Set once when this instance joins a cluster (PostgreSQL only).
+    cluster: OnceLock<Cluster>,
 }
 
 /// Cheap to clone; all clones share one registry.
@@ -197,8 +249,8 @@ pub struct Hub {
     inner: Arc<Inner>,
 }
 
-/// Why a device request did not produce a result.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+/// Why a device request did not produce a result (serializable: it crosses instances).
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
 pub enum CallError {
     #[error("no connected agent can reach this device")]
     NoAgent,
@@ -235,8 +287,8 @@ impl CallError {
     }
 }
 
-/// A successful device request.
-#[derive(Debug, Clone, PartialEq)]
+/// A successful device request (serializable: it crosses instances).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallResult {
     pub result: OpResult,
     pub agent_id: Uuid,
@@ -256,6 +308,7 @@ impl Hub {
                 next_id: AtomicU64::new(1),
                 events,
                 flights: SyncFlights::default(),
+                cluster: OnceLock::new(),
             }),
         }
     }
@@ -278,7 +331,24 @@ impl Hub {
     }
 
     pub(crate) fn emit(&self, event: HubEvent) {
+        if let Some(cluster) = self.cluster() {
+            cluster.publish(&event);
+        }
         let _ = self.inner.events.send(event);
+    }
+
+    /// An event another instance emitted: to this instance's subscribers only.
+    pub(crate) fn emit_from_peer(&self, event: HubEvent) {
+        let _ = self.inner.events.send(event);
+    }
+
+    /// The cluster this instance joined, if any.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.inner.cluster.get()
+    }
+
+    pub(crate) fn attach_cluster(&self, cluster: Cluster) {
+        let _ = self.inner.cluster.set(cluster);
     }
 
     fn next_id(&self) -> u64 {
@@ -292,7 +362,12 @@ impl Hub {
         let agent_id = presence.agent_id;
         let kill = CancellationToken::new();
         let conn = Conn { id, presence, tx, kill: kill.clone(), pending: HashMap::new() };
-        let old = self.state().conns.insert(agent_id, conn);
+        let old = {
+            let mut state = self.state();
+            // The agent moved here from another instance.
+            state.remote.remove(&agent_id);
+            state.conns.insert(agent_id, conn)
+        };
         if let Some(old) = old {
             let _ =
                 old.tx.try_send(Outbound::Close(essl_wire::close::REPLACED, "replaced by a newer connection".into()));
@@ -357,14 +432,145 @@ impl Hub {
         }
     }
 
-    /// Connected agents.
+    /// Connected agents, to this instance or (in a cluster) to another; each agent once.
     pub fn presences(&self) -> Vec<AgentPresence> {
-        self.state().conns.values().map(|c| c.presence.clone()).collect()
+        let state = self.state();
+        let local = state.conns.values().map(|c| c.presence.clone());
+        let remote = state.live_remote().filter(|r| !state.conns.contains_key(&r.presence.agent_id));
+        local.chain(remote.map(|r| r.presence.clone())).collect()
     }
 
-    /// Whether this agent is connected now.
+    /// Agents connected to this instance.
+    pub fn local_presences(&self) -> Vec<(AgentPresence, u64)> {
+        self.state().conns.values().map(|c| (c.presence.clone(), c.id)).collect()
+    }
+
+    /// Whether this agent is connected now (here or, in a cluster, to another instance).
     pub fn presence(&self, agent_id: Uuid) -> Option<AgentPresence> {
+        let state = self.state();
+        state
+            .conns
+            .get(&agent_id)
+            .map(|c| c.presence.clone())
+            .or_else(|| state.live_remote().find(|r| r.presence.agent_id == agent_id).map(|r| r.presence.clone()))
+    }
+
+    /// The agent's presence if its connection is to this instance.
+    pub fn local_presence(&self, agent_id: Uuid) -> Option<AgentPresence> {
         self.state().conns.get(&agent_id).map(|c| c.presence.clone())
+    }
+
+    /// The instance holding the agent's connection, when it is another one.
+    pub fn instance_of(&self, agent_id: Uuid) -> Option<Uuid> {
+        let state = self.state();
+        if state.conns.contains_key(&agent_id) {
+            return None;
+        }
+        state.live_remote().find(|r| r.presence.agent_id == agent_id).map(|r| r.instance)
+    }
+
+    // ---- the mirror of other instances' agents (cluster)
+
+    /// An agent connected to instance `instance`. A connection of the same agent here is older (an agent holds one
+    /// connection): it is closed as replaced.
+    pub(crate) fn remote_up(&self, instance: Uuid, conn: u64, presence: AgentPresence, lease: Duration) {
+        let agent_id = presence.agent_id;
+        let stale = {
+            let mut state = self.state();
+            // The sender just wrote its presence under a lease it holds; the next refresh says exactly how long.
+            state.leases.entry(instance).or_insert_with(|| Instant::now() + lease);
+            let stale = state.conns.remove(&agent_id);
+            for reach in state.reach.values_mut() {
+                reach.remove(&agent_id);
+            }
+            state.remote.insert(agent_id, RemoteConn { instance, conn, presence });
+            stale
+        };
+        if let Some(old) = stale {
+            tracing::info!(%agent_id, %instance, "agent reconnected to another instance; closing its old connection here");
+            let _ =
+                old.tx.try_send(Outbound::Close(essl_wire::close::REPLACED, "replaced by a newer connection".into()));
+            old.kill.cancel();
+            fail_pending(old.pending, "agent reconnected elsewhere");
+        }
+    }
+
+    /// Connection `conn` of an agent on `instance` ended; `moving`: because that instance is shutting down (the
+    /// agent is about to reconnect, maybe here).
+    pub(crate) fn remote_down(&self, instance: Uuid, agent_id: Uuid, conn: u64, moving: bool) {
+        let mut state = self.state();
+        let Some(r) = state.remote.get(&agent_id).filter(|r| r.instance == instance && r.conn == conn) else {
+            return;
+        };
+        let site = r.presence.site_id;
+        state.remote.remove(&agent_id);
+        for reach in state.reach.values_mut() {
+            reach.remove(&agent_id);
+        }
+        if moving {
+            state.left.insert(site, Instant::now());
+        }
+    }
+
+    /// Probe reports of an agent connected to another instance.
+    pub(crate) fn remote_reach(&self, instance: Uuid, agent_id: Uuid, reports: Vec<(Uuid, Reachability)>) {
+        let mut state = self.state();
+        if state.remote.get(&agent_id).is_none_or(|r| r.instance != instance) {
+            return;
+        }
+        for (device, r) in reports {
+            state.reach.entry(device).or_default().insert(agent_id, r);
+        }
+    }
+
+    /// Replaces the whole mirror with what the shared registry says (the heartbeat's refresh): the other
+    /// instances' agents with their reports, and how long each instance's lease still holds.
+    pub(crate) fn replace_remote(&self, agents: Vec<MirroredAgent>, leases: HashMap<Uuid, Instant>) {
+        let mut state = self.state();
+        state.leases = leases;
+        let before: Vec<(Uuid, Uuid)> =
+            state.remote.values().map(|r| (r.presence.agent_id, r.presence.site_id)).collect();
+        for (agent, _) in &before {
+            for reach in state.reach.values_mut() {
+                reach.remove(agent);
+            }
+        }
+        state.remote.clear();
+        for MirroredAgent { instance, conn, presence, reports } in agents {
+            let agent_id = presence.agent_id;
+            if state.conns.contains_key(&agent_id) {
+                continue;
+            }
+            for (device, r) in reports {
+                state.reach.entry(device).or_default().insert(agent_id, r);
+            }
+            state.remote.insert(agent_id, RemoteConn { instance, conn, presence });
+        }
+        let now = Instant::now();
+        for (agent, site) in before {
+            if !state.remote.contains_key(&agent) && !state.conns.contains_key(&agent) {
+                state.left.insert(site, now);
+            }
+        }
+    }
+
+    /// Forgets every agent of an instance that left.
+    pub(crate) fn forget_instance(&self, instance: Uuid) {
+        let mut state = self.state();
+        let gone: Vec<(Uuid, Uuid)> = state
+            .remote
+            .values()
+            .filter(|r| r.instance == instance)
+            .map(|r| (r.presence.agent_id, r.presence.site_id))
+            .collect();
+        let now = Instant::now();
+        for (agent, site) in gone {
+            state.remote.remove(&agent);
+            for reach in state.reach.values_mut() {
+                reach.remove(&agent);
+            }
+            state.left.insert(site, now);
+        }
     }
 
     /// Records an agent's probe reports (only for devices of its own site: the session checks that).
@@ -468,43 +674,114 @@ impl Hub {
 
     /// Runs `op` on `device` through the best connected agent of its site, retrying once on the next candidate
     /// when the first cannot reach the device.
+    ///
+    /// An agent connected to another instance is asked through that instance (`cluster`). When no agent is
+    /// connected but one of the device's site went away moments ago (a restart moving agents between instances),
+    /// the request waits a little for it to come back rather than failing.
     pub async fn call(&self, device: &Device, op: Op, timeout: Duration) -> Result<CallResult, CallError> {
         let needed = min_protocol(&op);
-        let candidates = self.candidates(device, needed)?;
-        if candidates.is_empty() {
-            return Err(CallError::NoAgent);
-        }
+        let started = Instant::now();
+        let mut tried: Vec<Target> = Vec::new();
         let mut last = CallError::NoAgent;
-        for agent_id in candidates.into_iter().take(2) {
-            match self.call_agent(agent_id, device.id, op.clone(), timeout).await {
-                Ok(r) => return Ok(r),
-                Err(e) if e.worth_retrying() => {
-                    tracing::info!(%agent_id, device_id = %device.id, error = %e, "request failed, trying the next agent");
-                    last = e;
+        // Round two only when an agent went away under us (moved to another instance): its new connection is a
+        // new target.
+        for round in 0..2 {
+            let mut candidates = self.candidates(device, needed, &tried)?;
+            if candidates.is_empty() {
+                let left = timeout.saturating_sub(started.elapsed());
+                candidates = self.await_handoff(device, needed, &tried, left).await?;
+            }
+            if candidates.is_empty() {
+                return Err(last);
+            }
+            let mut moved = false;
+            for target in candidates.into_iter().take(2) {
+                let left = timeout.saturating_sub(started.elapsed());
+                let agent_id = target.agent;
+                tried.push(target);
+                let result = match (target.instance, self.cluster()) {
+                    (Some(instance), Some(cluster)) => {
+                        cluster.forward(instance, agent_id, device.id, op.clone(), left).await
+                    }
+                    _ => self.call_agent(agent_id, device.id, op.clone(), left).await,
+                };
+                match result {
+                    Ok(r) => return Ok(r),
+                    Err(e) if e.worth_retrying() => {
+                        tracing::info!(%agent_id, instance = ?target.instance, device_id = %device.id, error = %e, "request failed, trying the next agent");
+                        moved |= e == CallError::AgentGone;
+                        last = e;
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
+            }
+            if !moved || round == 1 {
+                break;
+            }
+            if let Some(site) = device.site_id {
+                self.state().left.insert(site, Instant::now());
             }
         }
         Err(last)
     }
 
+    /// No agent now: if one of the site's went away within the handoff window, polls for a candidate not tried yet
+    /// for up to `handoff_wait` (bounded by what is left of the request's deadline).
+    async fn await_handoff(
+        &self,
+        device: &Device,
+        needed: u16,
+        tried: &[Target],
+        left: Duration,
+    ) -> Result<Vec<Target>, CallError> {
+        let cfg = &self.inner.config;
+        let Some(site) = device.site_id else { return Ok(Vec::new()) };
+        let recent = self.state().left.get(&site).is_some_and(|t| t.elapsed() <= cfg.handoff_window);
+        if !recent {
+            return Ok(Vec::new());
+        }
+        let until = Instant::now() + cfg.handoff_wait.min(left / 2);
+        while Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let found = self.candidates(device, needed, tried)?;
+            if !found.is_empty() {
+                tracing::debug!(device_id = %device.id, "an agent of the site came back; going on");
+                return Ok(found);
+            }
+        }
+        Ok(Vec::new())
+    }
+
     /// The site's connected agents that speak protocol `needed`, best first; [`CallError::Outdated`] when agents
     /// are connected but none speaks it.
-    fn candidates(&self, device: &Device, needed: u16) -> Result<Vec<Uuid>, CallError> {
+    fn candidates(&self, device: &Device, needed: u16, tried: &[Target]) -> Result<Vec<Target>, CallError> {
         let Some(site_id) = device.site_id else {
             return Ok(Vec::new());
         };
         let state = self.state();
-        let of_site: Vec<&Conn> = state.conns.values().filter(|c| c.presence.site_id == site_id).collect();
+        // Agents here first among equals: `routing::order` keeps the input order for ties.
+        let of_site: Vec<(&AgentPresence, Option<Uuid>)> = state
+            .conns
+            .values()
+            .map(|c| (&c.presence, None))
+            .chain(state.live_remote().map(|r| (&r.presence, Some(r.instance))))
+            .filter(|(p, _)| p.site_id == site_id)
+            .collect();
         let connected: Vec<Uuid> =
-            of_site.iter().filter(|c| c.presence.protocol >= needed).map(|c| c.presence.agent_id).collect();
+            of_site.iter().filter(|(p, _)| p.protocol >= needed).map(|(p, _)| p.agent_id).collect();
         if connected.is_empty()
-            && let Some(have) = of_site.iter().map(|c| c.presence.protocol).max()
+            && let Some(have) = of_site.iter().map(|(p, _)| p.protocol).max()
         {
             return Err(CallError::Outdated { have, needed });
         }
+        let instance: HashMap<Uuid, Option<Uuid>> = of_site.iter().map(|(p, i)| (p.agent_id, *i)).collect();
         let reports = state.reach.get(&device.id);
-        Ok(routing::order(&connected, reports, Timestamp::now(), self.inner.config.reach_fresh()))
+        let order = routing::order(&connected, reports, Timestamp::now(), self.inner.config.reach_fresh());
+        Ok(order
+            .into_iter()
+            .map(|agent| Target { agent, instance: instance.get(&agent).copied().flatten() })
+            .filter(|t| !tried.contains(t))
+            .collect())
     }
 
     /// The device of a pending `ClearAttendance` request of this agent, if `request` is one.
@@ -514,7 +791,8 @@ impl Hub {
         pending.clear.then_some(pending.device_id)
     }
 
-    async fn call_agent(
+    /// Runs `op` through an agent connected to this instance (also for requests forwarded by another instance).
+    pub(crate) async fn call_agent(
         &self,
         agent_id: Uuid,
         device_id: Uuid,
@@ -567,7 +845,7 @@ impl Hub {
 }
 
 /// The protocol version an agent must speak to be sent `op`.
-fn min_protocol(op: &Op) -> u16 {
+pub(crate) fn min_protocol(op: &Op) -> u16 {
     match op {
         Op::ClearAttendance { .. } => essl_wire::CLEAR_PROTOCOL_VERSION,
         _ => essl_wire::MIN_PROTOCOL_VERSION,

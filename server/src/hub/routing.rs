@@ -1,5 +1,6 @@
 //! Which agent asks first: a fresh successful probe with the lowest round trip, then agents with no fresh
-//! report, then agents whose fresh probe failed (a live attempt may still succeed).
+//! report, then agents whose fresh probe failed (a live attempt may still succeed). Ties keep the order the caller
+//! gave (the hub lists agents of this instance before those of other instances).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -30,7 +31,7 @@ pub(super) fn order(
             }
         })
         .collect();
-    ranked.sort();
+    ranked.sort_by_key(|(rank, rtt, _)| (*rank, *rtt));
     ranked.into_iter().map(|(_, _, a)| a).collect()
 }
 

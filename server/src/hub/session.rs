@@ -22,7 +22,8 @@ use crate::store::model::{Agent, Device};
 pub struct SessionCtx {
     pub hub: Hub,
     pub store: Store,
-    /// Cancelled when the server shuts down.
+    /// Cancelled when the server lets its agents go: at the end of a shutdown, after in-flight requests (its own
+    /// and those other instances forwarded) had their chance to finish through them.
     pub shutdown: CancellationToken,
 }
 
@@ -104,7 +105,10 @@ pub async fn serve(ws: WebSocket, agent: Agent, ctx: SessionCtx) {
         last_seen: now,
         outbox: None,
     };
-    let (conn_id, kill) = ctx.hub.register(presence, tx.clone());
+    let (conn_id, kill) = ctx.hub.register(presence.clone(), tx.clone());
+    if let Some(cluster) = ctx.hub.cluster() {
+        cluster.agent_up(&presence, conn_id).await;
+    }
     if let Err(error) = ctx.store.touch_agent(agent.id, now, Some(&agent_version), Some(&hostname)).await {
         tracing::warn!(%error, "cannot record the agent's last contact");
     }
@@ -120,6 +124,10 @@ pub async fn serve(ws: WebSocket, agent: Agent, ctx: SessionCtx) {
     drop(tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     ctx.hub.unregister(agent.id, conn_id);
+    if let Some(cluster) = ctx.hub.cluster() {
+        let moving = matches!(reason, "shutdown" | "closed by server");
+        cluster.agent_down(agent.id, conn_id, moving).await;
+    }
     if let Err(error) = ctx.store.touch_agent(agent.id, Timestamp::now(), None, None).await {
         tracing::debug!(%error, "cannot record the agent's last contact");
     }
@@ -255,6 +263,9 @@ async fn handle(
                 }
             }
             ctx.hub.record_reach(agent.id, &own);
+            if let Some(cluster) = ctx.hub.cluster() {
+                cluster.reach(agent.id, &own).await;
+            }
         }
         AgentMsg::ConfirmStored { id, records, keys, first_local_time, last_local_time } => {
             let check = StoredCheck { records, keys, first: first_local_time, last: last_local_time };

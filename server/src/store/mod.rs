@@ -60,6 +60,14 @@ impl Store {
         }
     }
 
+    /// The PostgreSQL pool, for what only PostgreSQL does (the cluster registry and its notifications).
+    pub fn postgres_pool(&self) -> Option<sqlx::PgPool> {
+        match self {
+            Store::Sqlite(_) => None,
+            Store::Postgres(s) => Some(s.pool().clone()),
+        }
+    }
+
     /// One round trip to the database (for `/readyz`).
     #[tracing::instrument(skip_all)]
     pub async fn ping(&self) -> Result<(), StoreError> {

@@ -33,6 +33,12 @@ pub struct PgStore {
     pool: PgPool,
 }
 
+impl PgStore {
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
 macro_rules! site_cols {
     () => {
         "id, name, essl_ms(created_at) AS created_at"

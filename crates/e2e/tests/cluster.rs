@@ -1,0 +1,423 @@
+//! Several `essl-server` instances on one PostgreSQL database (the cluster registry, requests and events across
+//! instances, a killed instance, a rolling restart, many agents, forged notices). PostgreSQL only: SQLite serves one
+//! instance. Skipped without `TEST_DATABASE_URL`, failed instead under `ESSL_REQUIRE_POSTGRES`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use essl_e2e::*;
+use essl_server::hub::HubEvent;
+use essl_zk_sim::generate;
+use futures_util::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+async fn postgres() -> Option<TestDb> {
+    TestDb::new(Backend::Postgres).await
+}
+
+/// Polls `check` every 50 ms until it holds; panics with `what` after `within`.
+async fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < within, "{what} did not happen within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The agents a server lists as connected, by id (with how often each is listed).
+async fn connected_agents(server: &Server) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    let mut path = "/api/agents?limit=1000".to_owned();
+    loop {
+        let (status, body) = server.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        for a in body["items"].as_array().expect("items") {
+            if a["connected"] == true {
+                *seen.entry(a["id"].as_str().expect("id").to_owned()).or_insert(0) += 1;
+            }
+        }
+        match body["nextCursor"].as_str() {
+            Some(c) => path = format!("/api/agents?limit=1000&cursor={c}"),
+            None => return seen,
+        }
+    }
+}
+
+/// Rows in the registry that count (their instance holds its lease), per agent.
+async fn registry_rows(db: &TestDb, agent: Uuid) -> i64 {
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("connects");
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM essl_agent_presence p JOIN essl_instances i ON i.id = p.instance_id \
+         WHERE p.agent_id = $1 AND i.lease_until > now()",
+    )
+    .bind(agent)
+    .fetch_one(&pool)
+    .await
+    .expect("query");
+    pool.close().await;
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_on_one_instance_is_served_by_an_agent_on_the_other() {
+    let Some(db) = postgres().await else { return };
+    let a = Server::start(&db).await;
+    let b = Server::start(&db).await;
+    let sim = terminal(&generate::generate(25, 300, 5)).await;
+    let device = a.add_device("Front door", sim.addr, "HQ").await;
+    let (agent_id, token) = a.add_agent("office-pc", "HQ").await;
+    let agent = Agent::start(&b, &token);
+    wait_reachable(&b, &device, &agent_id).await;
+    let agent_uuid: Uuid = agent_id.parse().expect("uuid");
+    let b_id = b.instance_id().expect("on PostgreSQL every instance joins");
+    eventually(Duration::from_secs(5), "A mirrors B's agent", || a.state.hub.instance_of(agent_uuid) == Some(b_id))
+        .await;
+    eventually(Duration::from_secs(5), "A knows B's reachability report", || {
+        a.state.hub.reachability(device.parse().expect("uuid")).iter().any(|r| r.reachable)
+    })
+    .await;
+
+    // check-device on A, the seed's JSON as from a single instance.
+    let (status, body) = a.post("/api/essl/check-device", json!({"deviceId": device})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["success"], true, "{body}");
+    assert_eq!(body["reachableCount"], 1);
+    assert_eq!(body["reachableDevices"][0]["deviceId"], device.as_str());
+    assert_eq!(body["reachableDevices"][0]["reachable"], true);
+
+    // sync on A: progress events from B reach A's stream; B's agent stores the records once.
+    let mut events = a.events();
+    let (status, body) = a.post("/api/essl/sync-attendance", json!({"deviceId": device})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["success"], true, "{body}");
+    assert_eq!(body["totalRecords"], 300, "{body}");
+    wait_event(&mut events, Duration::from_secs(5), |e| matches!(e, HubEvent::PunchesStored { inserted: 300, .. }))
+        .await;
+    let (_, body) = a.get(&format!("/api/attendance?deviceId={device}&limit=1000")).await;
+    assert_eq!(body["items"].as_array().expect("items").len(), 300);
+    assert_exact(&a.state.store, device.parse().expect("uuid"), &sim.terminal, Duration::from_secs(5)).await;
+
+    // The agent is listed once, connected, on both instances.
+    assert_eq!(connected_agents(&a).await.get(&agent_id), Some(&1));
+    assert_eq!(connected_agents(&b).await.get(&agent_id), Some(&1));
+    assert_eq!(registry_rows(&db, agent_uuid).await, 1);
+
+    // The agent leaves: A forgets it.
+    agent.stop().await;
+    eventually(Duration::from_secs(5), "A forgets the agent", || a.state.hub.presence(agent_uuid).is_none()).await;
+    assert_eq!(registry_rows(&db, agent_uuid).await, 0);
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_instance_loses_its_agents_to_the_other_and_no_punch() {
+    let Some(db) = postgres().await else { return };
+    let a = Server::start(&db).await;
+    let b = Server::start(&db).await;
+    // B first in turn: the agent's first connection lands on B.
+    let balancer = Balancer::start(&[b.addr, a.addr]).await.expect("balancer");
+    let sim = terminal(&generate::generate(10, 100, 9)).await;
+    let device = a.add_device("Door", sim.addr, "HQ").await;
+    let device_uuid: Uuid = device.parse().expect("uuid");
+    let (agent_id, token) = a.add_agent("office-pc", "HQ").await;
+    let agent_uuid: Uuid = agent_id.parse().expect("uuid");
+    let agent = Agent::start_with(&balancer.ws_url(), &token, Vec::new());
+    wait_reachable(&b, &device, &agent_id).await;
+    let (_, body) = a.post("/api/essl/sync-attendance", json!({"deviceId": device})).await;
+    assert_eq!(body["success"], true, "{body}");
+    let puncher = Puncher::start(sim.terminal.clone(), Duration::from_millis(100));
+
+    // kill -9 of B: no goodbye; the network drops its connections.
+    let b_id = b.instance_id().expect("instance");
+    b.crash();
+    balancer.cut(0);
+    // The agent is back within its backoff cap (500 ms in tests) plus the handshake, now on A.
+    eventually(Duration::from_secs(5), "the agent reconnects to A", || {
+        a.state.hub.local_presence(agent_uuid).is_some()
+    })
+    .await;
+    // B's lease (two heartbeats of 500 ms) runs out: nothing shows the agent on B any more.
+    eventually(Duration::from_secs(3), "B's lease runs out", || a.state.hub.instance_of(agent_uuid) != Some(b_id))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(connected_agents(&a).await.get(&agent_id), Some(&1), "the agent is listed once");
+    assert_eq!(registry_rows(&db, agent_uuid).await, 1);
+
+    // The next request succeeds; every punch made meanwhile is stored once.
+    wait_reachable(&a, &device, &agent_id).await;
+    let (_, body) = a.post("/api/essl/check-device", json!({"deviceId": device})).await;
+    assert_eq!(body["reachableCount"], 1, "{body}");
+    puncher.wait_for(10, Duration::from_secs(10)).await;
+    puncher.stop().await;
+    let (_, body) = a.post("/api/essl/sync-attendance", json!({"deviceId": device})).await;
+    assert_eq!(body["success"], true, "{body}");
+    assert_exact(&a.state.store, device_uuid, &sim.terminal, Duration::from_secs(10)).await;
+    agent.stop().await;
+    a.stop().await;
+}
+
+/// One request through the balancer on a fresh connection (as behind a real load balancer, each request may land
+/// on another instance); `Ok` only for the seed's success shape.
+async fn through(
+    client: &reqwest::Client,
+    balancer: &Balancer,
+    token: &str,
+    path: &str,
+    body: Value,
+) -> Result<Value, String> {
+    let resp = client
+        .post(balancer.url(path))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| format!("{path}: {e}"))?;
+    let status = resp.status();
+    let body: Value = resp.json().await.map_err(|e| format!("{path}: {e}"))?;
+    let ok = status == StatusCode::OK
+        && body["success"] == true
+        && (path != "/api/essl/check-device" || body["reachableCount"] == 1);
+    if ok { Ok(body) } else { Err(format!("{path}: {status} {body}")) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_of_both_instances_fails_no_request() {
+    let Some(db) = postgres().await else { return };
+    let a = Server::start(&db).await;
+    let b = Server::start(&db).await;
+    let balancer = Arc::new(Balancer::start(&[a.addr, b.addr]).await.expect("balancer"));
+    let sim = terminal(&generate::generate(10, 200, 3)).await;
+    let device = a.add_device("Door", sim.addr, "HQ").await;
+    let (agent_id, token) = a.add_agent("office-pc", "HQ").await;
+    let agent = Agent::start_with(&balancer.ws_url(), &token, Vec::new());
+    eventually(Duration::from_secs(10), "the agent probes its terminal", || {
+        let d: Uuid = device.parse().expect("uuid");
+        let agent: Uuid = agent_id.parse().expect("uuid");
+        [&a, &b].iter().any(|s| s.state.hub.reachability(d).iter().any(|r| r.agent_id == agent && r.reachable))
+    })
+    .await;
+    let puncher = Puncher::start(sim.terminal.clone(), Duration::from_millis(150));
+
+    // A client that loops over check and sync, each request on a new connection.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let done = Arc::new(AtomicU64::new(0));
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+    let loop_task = {
+        let (balancer, token, device, stop, done) =
+            (balancer.clone(), a.admin.clone(), device.clone(), stop.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while !stop.is_cancelled() {
+                for path in ["/api/essl/check-device", "/api/essl/sync-attendance"] {
+                    if let Err(e) = through(&client, &balancer, &token, path, json!({"deviceId": device})).await {
+                        failures.push(e);
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            failures
+        })
+    };
+    let requests_before = |n: u64| {
+        let done = done.clone();
+        async move {
+            let target = done.load(Ordering::Relaxed) + n;
+            eventually(Duration::from_secs(30), "requests go on", || done.load(Ordering::Relaxed) >= target).await;
+        }
+    };
+    requests_before(6).await;
+    // Restart A: SIGTERM (graceful), then a new A on a new port takes its place behind the balancer.
+    a.stop().await;
+    let a2 = Server::start(&db).await;
+    balancer.replace(0, a2.addr);
+    requests_before(6).await;
+    b.stop().await;
+    let b2 = Server::start(&db).await;
+    balancer.replace(1, b2.addr);
+    requests_before(6).await;
+    stop.cancel();
+    let failures = loop_task.await.expect("loop");
+    let total = done.load(Ordering::Relaxed);
+    assert!(failures.is_empty(), "{} of {total} requests failed: {failures:#?}", failures.len());
+    assert!(total >= 18, "{total}");
+
+    puncher.stop().await;
+    let (_, body) = a2.post("/api/essl/sync-attendance", json!({"deviceId": device})).await;
+    assert_eq!(body["success"], true, "{body}");
+    assert_exact(&a2.state.store, device.parse().expect("uuid"), &sim.terminal, Duration::from_secs(10)).await;
+    agent.stop().await;
+    a2.stop().await;
+    b2.stop().await;
+}
+
+/// A raw agent connection (Hello, then silent but for pongs) through `url`.
+async fn raw_agent(
+    url: &str,
+    token: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url).expect("request");
+    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("connects");
+    let hello = essl_wire::encode_agent(&essl_wire::AgentMsg::Hello {
+        min_protocol: essl_wire::MIN_PROTOCOL_VERSION,
+        max_protocol: essl_wire::PROTOCOL_VERSION,
+        agent_version: "load".into(),
+        hostname: "load".into(),
+        os: "test".into(),
+    })
+    .expect("encode");
+    ws.send(Message::Binary(hello.into())).await.expect("hello");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("welcome in time") {
+            Some(Ok(Message::Binary(b))) => {
+                if matches!(essl_wire::decode_server(&b), Ok(essl_wire::ServerMsg::Welcome { .. })) {
+                    return ws;
+                }
+            }
+            Some(Ok(_)) => {}
+            other => panic!("no welcome: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_agents_across_two_instances_are_each_listed_once() {
+    const AGENTS: usize = 1_000;
+    let Some(db) = postgres().await else { return };
+    let a = Server::start(&db).await;
+    let b = Server::start(&db).await;
+    let site = a.state.store.ensure_site("Branches").await.expect("site");
+    let mut tokens = Vec::with_capacity(AGENTS);
+    for i in 0..AGENTS {
+        let t = essl_server::auth::token::generate(essl_server::auth::token::AGENT_PREFIX).expect("random");
+        a.state.store.create_agent_with_id(t.id, &format!("branch-{i}"), site.id, &t.hash).await.expect("agent");
+        tokens.push((t.id, t.token.expose().to_owned()));
+    }
+    // Half on each instance, 50 connecting at a time; each keeps reading (answering the server's pings) until
+    // told to leave.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut conns = Vec::with_capacity(AGENTS);
+    for chunk in tokens.chunks(50) {
+        let opened = futures_util::future::join_all(chunk.iter().enumerate().map(|(i, (_, token))| {
+            let url = if i % 2 == 0 { a.ws_url() } else { b.ws_url() };
+            async move { raw_agent(&url, token).await }
+        }))
+        .await;
+        for mut ws in opened {
+            let stop = stop.clone();
+            conns.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        m = ws.next() => if m.is_none() { return },
+                    }
+                }
+                let _ = ws.close(None).await;
+            }));
+        }
+    }
+    let ids: Vec<String> = tokens.iter().map(|(id, _)| id.to_string()).collect();
+    for server in [&a, &b] {
+        eventually(Duration::from_secs(20), "every agent mirrored", || server.state.hub.presences().len() >= AGENTS)
+            .await;
+        let listed = connected_agents(server).await;
+        for id in &ids {
+            assert_eq!(listed.get(id), Some(&1), "agent {id} listed once as connected");
+        }
+    }
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("connects");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM essl_agent_presence").fetch_one(&pool).await.expect("q");
+    assert_eq!(rows, AGENTS as i64);
+    // All leave: both instances forget them all.
+    stop.cancel();
+    for reader in conns {
+        let _ = reader.await;
+    }
+    for server in [&a, &b] {
+        eventually(Duration::from_secs(20), "every agent forgotten", || server.state.hub.presences().is_empty()).await;
+    }
+    // The registry follows (each goodbye is its own transaction, a thousand of them through a small pool).
+    let started = Instant::now();
+    loop {
+        let rows: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM essl_agent_presence").fetch_one(&pool).await.expect("q");
+        if rows == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{rows} agents still in the registry");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pool.close().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_and_foreign_notices_are_ignored() {
+    let Some(db) = postgres().await else { return };
+    let a = Server::start(&db).await;
+    let b = Server::start(&db).await;
+    let sim = terminal(&generate::generate(5, 20, 2)).await;
+    let device = a.add_device("Door", sim.addr, "HQ").await;
+    let (agent_id, token) = a.add_agent("office-pc", "HQ").await;
+    let agent = Agent::start(&b, &token);
+    wait_reachable(&b, &device, &agent_id).await;
+    let a_id = a.instance_id().expect("instance");
+    let b_id = b.instance_id().expect("instance");
+    let ghost = Uuid::new_v4();
+    let a_channel = format!("essl_i_{}", a_id.simple());
+    let forged = [
+        ("essl_cluster".to_owned(), "garbage".to_owned()),
+        ("essl_cluster".to_owned(), json!({"v": 99, "from": b_id, "notice": {"kind": "leaving"}}).to_string()),
+        ("essl_cluster".to_owned(), json!({"v": 0}).to_string()),
+        // An instance that holds no lease claims an agent and asks A to run a clear.
+        (
+            "essl_cluster".to_owned(),
+            json!({"v": 1, "from": ghost, "notice": {"kind": "up", "presence": {"agentId": Uuid::new_v4(),
+                "siteId": Uuid::new_v4(), "conn": 1, "protocol": 2, "version": "x", "hostname": "x", "os": "x",
+                "connectedSinceMs": 0}}})
+            .to_string(),
+        ),
+        (
+            a_channel.clone(),
+            json!({"v": 1, "from": ghost, "notice": {"kind": "request", "id": Uuid::new_v4(), "agent": agent_id,
+                "device": device, "op": {"ClearAttendance": {"sync_first": false}}, "timeoutMs": 1000}})
+            .to_string(),
+        ),
+        // A live instance's id on a reply nobody asked for.
+        (
+            a_channel.clone(),
+            json!({"v": 1, "from": b_id, "notice": {"kind": "reply", "id": Uuid::new_v4(),
+            "outcome": {"Err": "NoAgent"}}})
+            .to_string(),
+        ),
+        // A request on the broadcast channel.
+        (
+            "essl_cluster".to_owned(),
+            json!({"v": 1, "from": b_id, "notice": {"kind": "request", "id": Uuid::new_v4(),
+            "agent": agent_id, "device": device, "op": "Probe", "timeoutMs": 1000}})
+            .to_string(),
+        ),
+    ];
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("connects");
+    for (channel, payload) in &forged {
+        sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload).execute(&pool).await.expect("notify");
+    }
+    pool.close().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Nothing was believed: B's agent is still known on A, no stranger appeared, the terminal still has its log.
+    assert_eq!(a.state.hub.presences().len(), 1);
+    assert_eq!(essl_e2e::exact::terminal_keys(&sim.terminal).len(), 20, "the forged clear never ran");
+    let (_, body) = a.post("/api/essl/sync-attendance", json!({"deviceId": device})).await;
+    assert_eq!(body["success"], true, "{body}");
+    assert_eq!(body["totalRecords"], 20, "{body}");
+    agent.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
