@@ -29,6 +29,16 @@ pub struct FileSettings {
     pub push_delay_seconds: Option<i64>,
     pub push_error_delay_seconds: Option<i64>,
     pub push_journal_days: Option<i64>,
+    pub push_serial_rate: Option<i64>,
+    pub push_serial_burst: Option<i64>,
+    pub push_address_rate: Option<i64>,
+    pub push_address_burst: Option<i64>,
+    pub push_attlog_max_kib: Option<i64>,
+    pub push_operlog_max_kib: Option<i64>,
+    pub push_other_max_kib: Option<i64>,
+    pub push_command_resend_seconds: Option<i64>,
+    pub push_command_max_sends: Option<i64>,
+    pub push_command_expiry_days: Option<i64>,
 }
 
 /// Keys whose values are never shown, not even in a type error.
@@ -73,12 +83,31 @@ pub struct Sources {
     pub push_delay_seconds: Option<Given<String>>,
     pub push_error_delay_seconds: Option<Given<String>>,
     pub push_journal_days: Option<Given<String>>,
+    pub push_serial_rate: Option<Given<String>>,
+    pub push_serial_burst: Option<Given<String>>,
+    pub push_address_rate: Option<Given<String>>,
+    pub push_address_burst: Option<Given<String>>,
+    pub push_attlog_max_kib: Option<Given<String>>,
+    pub push_operlog_max_kib: Option<Given<String>>,
+    pub push_other_max_kib: Option<Given<String>>,
+    pub push_command_resend_seconds: Option<Given<String>>,
+    pub push_command_max_sends: Option<Given<String>>,
+    pub push_command_expiry_days: Option<Given<String>>,
 }
 
 /// Bounds of the push settings (whole numbers, inclusive).
 pub const PUSH_DELAY_SECONDS: (i64, i64) = (1, 3_600);
 pub const PUSH_ERROR_DELAY_SECONDS: (i64, i64) = (1, 3_600);
 pub const PUSH_JOURNAL_DAYS: (i64, i64) = (1, 3_650);
+/// Requests per second, sustained (per serial or per client address).
+pub const PUSH_RATE: (i64, i64) = (1, 100_000);
+/// Requests at once (per serial or per client address).
+pub const PUSH_BURST: (i64, i64) = (1, 1_000_000);
+/// Largest body of a table, KiB (64 MiB at most).
+pub const PUSH_BODY_KIB: (i64, i64) = (1, 65_536);
+pub const PUSH_COMMAND_RESEND_SECONDS: (i64, i64) = (1, 86_400);
+pub const PUSH_COMMAND_MAX_SENDS: (i64, i64) = (1, 100);
+pub const PUSH_COMMAND_EXPIRY_DAYS: (i64, i64) = (1, 365);
 
 /// The operator's push (ADMS) settings; `None` keeps the default of [`essl_server::push::PushConfig`].
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -89,6 +118,24 @@ pub struct PushSettings {
     pub error_delay: Option<Duration>,
     /// How long journaled push requests are kept.
     pub journal_retention: Option<Duration>,
+    /// Requests per second (sustained) and burst, per serial number.
+    pub serial_rate: Option<u64>,
+    pub serial_burst: Option<u64>,
+    /// Requests per second (sustained) and burst, per client address.
+    pub address_rate: Option<u64>,
+    pub address_burst: Option<u64>,
+    /// Largest `ATTLOG`/`rtlog` body, bytes.
+    pub attlog_max: Option<usize>,
+    /// Largest `OPERLOG`/`USERINFO`/`BIODATA`/`tabledata` body, bytes.
+    pub operlog_max: Option<usize>,
+    /// Largest body of anything else, bytes.
+    pub other_max: Option<usize>,
+    /// A sent command without a result is sent again after this long.
+    pub command_resend: Option<Duration>,
+    /// Sends before a command expires.
+    pub command_max_sends: Option<i32>,
+    /// A queued command never fetched expires after this long.
+    pub command_expiry: Option<Duration>,
 }
 
 impl PushSettings {
@@ -98,6 +145,21 @@ impl PushSettings {
             delay: self.delay.unwrap_or(base.delay),
             error_delay: self.error_delay.unwrap_or(base.error_delay),
             journal_retention: self.journal_retention.unwrap_or(base.journal_retention),
+            // Whole numbers within their bounds: exact as f64.
+            per_serial: (
+                self.serial_rate.map_or(base.per_serial.0, |n| n as f64),
+                self.serial_burst.map_or(base.per_serial.1, |n| n as f64),
+            ),
+            per_address: (
+                self.address_rate.map_or(base.per_address.0, |n| n as f64),
+                self.address_burst.map_or(base.per_address.1, |n| n as f64),
+            ),
+            attlog_max: self.attlog_max.unwrap_or(base.attlog_max),
+            operlog_max: self.operlog_max.unwrap_or(base.operlog_max),
+            other_max: self.other_max.unwrap_or(base.other_max),
+            resend_after: self.command_resend.unwrap_or(base.resend_after),
+            max_attempts: self.command_max_sends.unwrap_or(base.max_attempts),
+            command_ttl: self.command_expiry.unwrap_or(base.command_ttl),
             ..base
         }
     }
@@ -263,6 +325,42 @@ pub fn load(sources: Sources) -> Result<Settings, ConfigError> {
             PUSH_JOURNAL_DAYS,
         )
         .map(|days| Duration::from_secs(days * 86_400)),
+        serial_rate: whole("push_serial_rate", &sources.push_serial_rate, file.push_serial_rate, PUSH_RATE),
+        serial_burst: whole("push_serial_burst", &sources.push_serial_burst, file.push_serial_burst, PUSH_BURST),
+        address_rate: whole("push_address_rate", &sources.push_address_rate, file.push_address_rate, PUSH_RATE),
+        address_burst: whole("push_address_burst", &sources.push_address_burst, file.push_address_burst, PUSH_BURST),
+        attlog_max: whole("push_attlog_max_kib", &sources.push_attlog_max_kib, file.push_attlog_max_kib, PUSH_BODY_KIB)
+            .map(kib),
+        operlog_max: whole(
+            "push_operlog_max_kib",
+            &sources.push_operlog_max_kib,
+            file.push_operlog_max_kib,
+            PUSH_BODY_KIB,
+        )
+        .map(kib),
+        other_max: whole("push_other_max_kib", &sources.push_other_max_kib, file.push_other_max_kib, PUSH_BODY_KIB)
+            .map(kib),
+        command_resend: whole(
+            "push_command_resend_seconds",
+            &sources.push_command_resend_seconds,
+            file.push_command_resend_seconds,
+            PUSH_COMMAND_RESEND_SECONDS,
+        )
+        .map(Duration::from_secs),
+        command_max_sends: whole(
+            "push_command_max_sends",
+            &sources.push_command_max_sends,
+            file.push_command_max_sends,
+            PUSH_COMMAND_MAX_SENDS,
+        )
+        .map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+        command_expiry: whole(
+            "push_command_expiry_days",
+            &sources.push_command_expiry_days,
+            file.push_command_expiry_days,
+            PUSH_COMMAND_EXPIRY_DAYS,
+        )
+        .map(|days| Duration::from_secs(days * 86_400)),
     };
 
     match (listen, database_url, tls) {
@@ -271,6 +369,11 @@ pub fn load(sources: Sources) -> Result<Settings, ConfigError> {
         }
         _ => Err(ConfigError { problems }),
     }
+}
+
+/// KiB to bytes (the bounds keep it far from overflowing).
+fn kib(n: u64) -> usize {
+    usize::try_from(n.saturating_mul(1024)).unwrap_or(usize::MAX)
 }
 
 fn read_file(path: &Path) -> Result<FileSettings, Problem> {
@@ -456,6 +559,31 @@ mod tests {
             assert!(text.contains(&format!("`{key}` in {}", f.display())), "{key}: {text}");
         }
         assert_eq!(err.problems.len(), 3, "{text}");
+        // Rate limits, body caps and command retries: applied over the defaults, bounded like the others.
+        let f = write(
+            &dir,
+            "limits.toml",
+            "push_serial_rate = 2\npush_serial_burst = 20\npush_address_rate = 30\npush_address_burst = 300\n\
+             push_attlog_max_kib = 512\npush_operlog_max_kib = 4096\npush_other_max_kib = 64\n\
+             push_command_resend_seconds = 90\npush_command_max_sends = 2\npush_command_expiry_days = 1\n",
+        );
+        let burst = flag("25".to_owned(), "push-serial-burst");
+        let s = load(Sources { config_file: file(&f), push_serial_burst: burst, ..Sources::default() }).expect("valid");
+        let applied = s.push.apply(essl_server::push::PushConfig::default());
+        assert_eq!((applied.per_serial, applied.per_address), ((2.0, 25.0), (30.0, 300.0)));
+        assert_eq!((applied.attlog_max, applied.operlog_max, applied.other_max), (512 * 1024, 4096 * 1024, 64 * 1024));
+        assert_eq!(applied.resend_after, Duration::from_secs(90));
+        assert_eq!((applied.max_attempts, applied.command_ttl), (2, Duration::from_secs(86_400)));
+        assert_eq!(applied.delay, essl_server::push::PushConfig::default().delay, "unset keys keep the defaults");
+        let f = write(
+            &dir,
+            "limits-bad.toml",
+            "push_serial_rate = 0\npush_serial_burst = 1000001\npush_address_rate = 100001\npush_address_burst = 0\n\
+             push_attlog_max_kib = 0\npush_operlog_max_kib = 65537\npush_other_max_kib = -1\n\
+             push_command_resend_seconds = 86401\npush_command_max_sends = 0\npush_command_expiry_days = 366\n",
+        );
+        let err = load(Sources { config_file: file(&f), ..Sources::default() }).expect_err("out of range");
+        assert_eq!(err.problems.len(), 10, "{err}");
         let f = write(&dir, "type.toml", "push_journal_days = \"30\"\n");
         let text = load(Sources { config_file: file(&f), ..Sources::default() }).expect_err("type").to_string();
         assert!(text.contains("`push_journal_days` in") && text.contains("line 1"), "{text}");

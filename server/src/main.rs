@@ -28,7 +28,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the API and the agent hub.
-    Serve(ServeArgs),
+    // Boxed: its many settings would make every other variant as large.
+    Serve(Box<ServeArgs>),
     /// Manage API tokens (for scripts and front-ends).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -47,7 +48,9 @@ struct DbArgs {
     #[arg(long, env = "ESSL_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// A TOML settings file (keys: listen, database_url, tls_cert, tls_key, supabase_url, supabase_jwt_secret,
-    /// push_delay_seconds, push_error_delay_seconds, push_journal_days).
+    /// push_delay_seconds, push_error_delay_seconds, push_journal_days, push_serial_rate, push_serial_burst,
+    /// push_address_rate, push_address_burst, push_attlog_max_kib, push_operlog_max_kib, push_other_max_kib,
+    /// push_command_resend_seconds, push_command_max_sends, push_command_expiry_days).
     /// Flags win over environment variables, which win over the file.
     #[arg(long, env = "ESSL_CONFIG", value_name = "FILE")]
     config: Option<String>,
@@ -86,6 +89,38 @@ struct ServeArgs {
     /// Days the push request journal is kept (1 to 3650) [default: 30].
     #[arg(long, env = "ESSL_PUSH_JOURNAL_DAYS", value_name = "DAYS")]
     push_journal_days: Option<String>,
+    /// Push terminals: requests per second one serial number may send, sustained (1 to 100000) [default: 10].
+    #[arg(long, env = "ESSL_PUSH_SERIAL_RATE", value_name = "N")]
+    push_serial_rate: Option<String>,
+    /// Push terminals: requests one serial number may send at once, above its rate (1 to 1000000) [default: 200].
+    #[arg(long, env = "ESSL_PUSH_SERIAL_BURST", value_name = "N")]
+    push_serial_burst: Option<String>,
+    /// Push terminals: requests per second one client address may send, sustained (1 to 100000) [default: 50].
+    /// Terminals behind one NAT share it.
+    #[arg(long, env = "ESSL_PUSH_ADDRESS_RATE", value_name = "N")]
+    push_address_rate: Option<String>,
+    /// Push terminals: requests one client address may send at once (1 to 1000000) [default: 1000].
+    #[arg(long, env = "ESSL_PUSH_ADDRESS_BURST", value_name = "N")]
+    push_address_burst: Option<String>,
+    /// Push terminals: largest ATTLOG (and rtlog) upload, KiB (1 to 65536) [default: 1024]; larger is refused (413).
+    #[arg(long, env = "ESSL_PUSH_ATTLOG_MAX_KIB", value_name = "KIB")]
+    push_attlog_max_kib: Option<String>,
+    /// Push terminals: largest OPERLOG, USERINFO, BIODATA or tabledata upload, KiB (1 to 65536) [default: 8192].
+    #[arg(long, env = "ESSL_PUSH_OPERLOG_MAX_KIB", value_name = "KIB")]
+    push_operlog_max_kib: Option<String>,
+    /// Push terminals: largest body of any other request, KiB (1 to 65536) [default: 2048].
+    #[arg(long, env = "ESSL_PUSH_OTHER_MAX_KIB", value_name = "KIB")]
+    push_other_max_kib: Option<String>,
+    /// Push commands: a command sent without a result is sent again after this many seconds (1 to 86400)
+    /// [default: 60].
+    #[arg(long, env = "ESSL_PUSH_COMMAND_RESEND_SECONDS", value_name = "SECONDS")]
+    push_command_resend_seconds: Option<String>,
+    /// Push commands: sends before a command without a result expires (1 to 100) [default: 5].
+    #[arg(long, env = "ESSL_PUSH_COMMAND_MAX_SENDS", value_name = "N")]
+    push_command_max_sends: Option<String>,
+    /// Push commands: days a queued command waits for its terminal before it expires (1 to 365) [default: 7].
+    #[arg(long, env = "ESSL_PUSH_COMMAND_EXPIRY_DAYS", value_name = "DAYS")]
+    push_command_expiry_days: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,10 +220,80 @@ fn main() -> ExitCode {
                     "push-journal-days",
                     "ESSL_PUSH_JOURNAL_DAYS",
                 ),
+                push_serial_rate: given(
+                    args.push_serial_rate,
+                    m,
+                    "push_serial_rate",
+                    "push-serial-rate",
+                    "ESSL_PUSH_SERIAL_RATE",
+                ),
+                push_serial_burst: given(
+                    args.push_serial_burst,
+                    m,
+                    "push_serial_burst",
+                    "push-serial-burst",
+                    "ESSL_PUSH_SERIAL_BURST",
+                ),
+                push_address_rate: given(
+                    args.push_address_rate,
+                    m,
+                    "push_address_rate",
+                    "push-address-rate",
+                    "ESSL_PUSH_ADDRESS_RATE",
+                ),
+                push_address_burst: given(
+                    args.push_address_burst,
+                    m,
+                    "push_address_burst",
+                    "push-address-burst",
+                    "ESSL_PUSH_ADDRESS_BURST",
+                ),
+                push_attlog_max_kib: given(
+                    args.push_attlog_max_kib,
+                    m,
+                    "push_attlog_max_kib",
+                    "push-attlog-max-kib",
+                    "ESSL_PUSH_ATTLOG_MAX_KIB",
+                ),
+                push_operlog_max_kib: given(
+                    args.push_operlog_max_kib,
+                    m,
+                    "push_operlog_max_kib",
+                    "push-operlog-max-kib",
+                    "ESSL_PUSH_OPERLOG_MAX_KIB",
+                ),
+                push_other_max_kib: given(
+                    args.push_other_max_kib,
+                    m,
+                    "push_other_max_kib",
+                    "push-other-max-kib",
+                    "ESSL_PUSH_OTHER_MAX_KIB",
+                ),
+                push_command_resend_seconds: given(
+                    args.push_command_resend_seconds,
+                    m,
+                    "push_command_resend_seconds",
+                    "push-command-resend-seconds",
+                    "ESSL_PUSH_COMMAND_RESEND_SECONDS",
+                ),
+                push_command_max_sends: given(
+                    args.push_command_max_sends,
+                    m,
+                    "push_command_max_sends",
+                    "push-command-max-sends",
+                    "ESSL_PUSH_COMMAND_MAX_SENDS",
+                ),
+                push_command_expiry_days: given(
+                    args.push_command_expiry_days,
+                    m,
+                    "push_command_expiry_days",
+                    "push-command-expiry-days",
+                    "ESSL_PUSH_COMMAND_EXPIRY_DAYS",
+                ),
                 ..db_sources(args.db, m)
             };
             match config::load(sources) {
-                Ok(settings) => Work::Serve(settings),
+                Ok(settings) => Work::Serve(Box::new(settings)),
                 Err(e) => return invalid(&e),
             }
         }
@@ -228,7 +333,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match work {
-            Work::Serve(settings) => serve(settings).await,
+            Work::Serve(settings) => serve(*settings).await,
             Work::CreateToken { role, name, database_url } => create_token(role, &name, &database_url).await,
             Work::User { action, database_url } => {
                 let store = open_store(&database_url).await?;
@@ -253,7 +358,7 @@ fn main() -> ExitCode {
 
 /// What `main` runs once the settings are valid.
 enum Work {
-    Serve(Settings),
+    Serve(Box<Settings>),
     CreateToken {
         role: RoleArg,
         name: String,
@@ -348,7 +453,17 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         delay_s = config.push.delay.as_secs(),
         error_delay_s = config.push.error_delay.as_secs(),
         journal_days = config.push.journal_retention.as_secs() / 86_400,
-        "push terminals: poll interval, retry delay, journal retention"
+        serial_rate = config.push.per_serial.0,
+        serial_burst = config.push.per_serial.1,
+        address_rate = config.push.per_address.0,
+        address_burst = config.push.per_address.1,
+        attlog_max_kib = config.push.attlog_max / 1024,
+        operlog_max_kib = config.push.operlog_max / 1024,
+        other_max_kib = config.push.other_max / 1024,
+        command_resend_s = config.push.resend_after.as_secs(),
+        command_max_sends = config.push.max_attempts,
+        command_expiry_days = config.push.command_ttl.as_secs() / 86_400,
+        "push terminals: poll interval, retry delay, journal retention, rate limits, body caps, command retries"
     );
     let mut state = AppState::new(store, config);
     if let Some(config) = settings.supabase {

@@ -22,6 +22,16 @@ const VARS: &[&str] = &[
     "ESSL_PUSH_DELAY_SECONDS",
     "ESSL_PUSH_ERROR_DELAY_SECONDS",
     "ESSL_PUSH_JOURNAL_DAYS",
+    "ESSL_PUSH_SERIAL_RATE",
+    "ESSL_PUSH_SERIAL_BURST",
+    "ESSL_PUSH_ADDRESS_RATE",
+    "ESSL_PUSH_ADDRESS_BURST",
+    "ESSL_PUSH_ATTLOG_MAX_KIB",
+    "ESSL_PUSH_OPERLOG_MAX_KIB",
+    "ESSL_PUSH_OTHER_MAX_KIB",
+    "ESSL_PUSH_COMMAND_RESEND_SECONDS",
+    "ESSL_PUSH_COMMAND_MAX_SENDS",
+    "ESSL_PUSH_COMMAND_EXPIRY_DAYS",
 ];
 
 fn tempdir(tag: &str) -> PathBuf {
@@ -219,6 +229,38 @@ async fn bad_push_settings_exit_2_naming_key_and_source() {
     .await;
     assert!(!err.contains("push_delay_seconds"), "{err}");
     assert!(err.contains("environment variable ESSL_PUSH_ERROR_DELAY_SECONDS: 3601 is out of range"), "{err}");
+
+    // The rate limits, body caps and command retries the same way.
+    let f = write(
+        &dir,
+        "limits.toml",
+        "push_serial_rate = 0\npush_address_burst = 2000000\npush_attlog_max_kib = 65537\n\
+         push_command_max_sends = \"5\"\n",
+    );
+    let file = f.to_str().expect("utf-8");
+    let err = refused(&["serve", "--config", file], &[]).await;
+    assert!(err.contains(&format!("`push_command_max_sends` in {file}")) && err.contains("line 4"), "{err}");
+    let f = write(
+        &dir,
+        "limits-range.toml",
+        "push_serial_rate = 0\npush_address_burst = 2000000\npush_attlog_max_kib = 65537\n\
+         push_command_expiry_days = 366\npush_command_resend_seconds = 0\n",
+    );
+    let file = f.to_str().expect("utf-8");
+    let err = refused(&["serve", "--config", file], &[("ESSL_PUSH_OTHER_MAX_KIB", "1 MiB")]).await;
+    for (key, message) in [
+        ("push_serial_rate", "0 is out of range; want 1 to 100000"),
+        ("push_address_burst", "2000000 is out of range; want 1 to 1000000"),
+        ("push_attlog_max_kib", "65537 is out of range; want 1 to 65536"),
+        ("push_command_expiry_days", "366 is out of range; want 1 to 365"),
+        ("push_command_resend_seconds", "0 is out of range; want 1 to 86400"),
+    ] {
+        assert!(err.contains(&format!("`{key}` in {file}: {message}")), "{key}: {err}");
+    }
+    assert!(err.contains("environment variable ESSL_PUSH_OTHER_MAX_KIB: \"1 MiB\" is not a whole number"), "{err}");
+    let err = refused(&["serve", "--push-command-max-sends", "101", "--push-serial-burst=x"], &[]).await;
+    assert!(err.contains("--push-command-max-sends: 101 is out of range; want 1 to 100"), "{err}");
+    assert!(err.contains("--push-serial-burst: \"x\" is not a whole number"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -231,18 +273,37 @@ async fn push_settings_reach_the_terminals() {
         "server.toml",
         &format!(
             "listen = \"127.0.0.1:0\"\ndatabase_url = \"sqlite://{}\"\npush_delay_seconds = 7\n\
-             push_error_delay_seconds = 45\npush_journal_days = 3\n",
+             push_error_delay_seconds = 45\npush_journal_days = 3\npush_attlog_max_kib = 1\n\
+             push_serial_rate = 1\npush_serial_burst = 100\npush_address_rate = 2\npush_address_burst = 500\n\
+             push_operlog_max_kib = 16\npush_other_max_kib = 4\npush_command_resend_seconds = 120\n\
+             push_command_max_sends = 3\npush_command_expiry_days = 2\n",
             db.display()
         ),
     );
     // The environment wins over the file's error delay.
-    let (mut child, log, rest) =
-        started(&["serve", "--config", f.to_str().expect("utf-8")], &[("ESSL_PUSH_ERROR_DELAY_SECONDS", "9")]).await;
+    let (mut child, log, rest) = started(
+        &["serve", "--config", f.to_str().expect("utf-8"), "--push-serial-burst", "3"],
+        &[("ESSL_PUSH_ERROR_DELAY_SECONDS", "9"), ("ESSL_PUSH_SERIAL_BURST", "50")],
+    )
+    .await;
     let push = log.iter().find(|l| l.contains("push terminals")).unwrap_or_else(|| panic!("{log:#?}"));
-    assert!(
-        push.contains("delay_s=7") && push.contains("error_delay_s=9") && push.contains("journal_days=3"),
-        "{push}"
-    );
+    for field in [
+        "delay_s=7",
+        "error_delay_s=9",
+        "journal_days=3",
+        "serial_rate=1.0",
+        "serial_burst=3.0",
+        "address_rate=2.0",
+        "address_burst=500.0",
+        "attlog_max_kib=1",
+        "operlog_max_kib=16",
+        "other_max_kib=4",
+        "command_resend_s=120",
+        "command_max_sends=3",
+        "command_expiry_days=2",
+    ] {
+        assert!(push.split_whitespace().any(|w| w == field), "{field}: {push}");
+    }
     let serving = log.last().expect("a line");
     let addr = serving
         .split_whitespace()
@@ -261,10 +322,39 @@ async fn push_settings_reach_the_terminals() {
         .await
         .expect("answers within 10 s")
         .expect("reads");
+    // The body cap (1 KiB of ATTLOG) and the serial's burst (3: the handshake was the first) are applied.
+    let upload = format!(
+        "POST /iclock/cdata?SN=SETTINGS0001&table=ATTLOG HTTP/1.1\r\nHost: {addr}\r\n\
+         Connection: close\r\nContent-Length: 2048\r\n\r\n{}",
+        "1".repeat(2048)
+    );
+    let too_large = exchange(&addr, &upload).await;
+    let poll = format!("GET /iclock/getrequest?SN=SETTINGS0001 HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let third = exchange(&addr, &poll).await;
+    // One token a second comes back: of five quick polls, at least one finds none (they would need 4 s to pass).
+    let mut later = Vec::new();
+    for _ in 0..5 {
+        later.push(exchange(&addr, &poll).await);
+    }
     let _ = child.kill().await;
     let rest = rest.await.unwrap_or_default();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}\n{}", rest.join("\n"));
     let lines: Vec<&str> = answer.lines().map(str::trim).collect();
     assert!(lines.contains(&"Delay=7") && lines.contains(&"ErrorDelay=9"), "{answer}");
+    assert!(too_large.starts_with("HTTP/1.1 413"), "{too_large}");
+    assert!(third.starts_with("HTTP/1.1 200"), "{third}");
+    assert!(later.iter().any(|a| a.starts_with("HTTP/1.1 503") && a.ends_with("BUSY")), "{later:#?}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// One request on its own connection; the whole answer.
+async fn exchange(addr: &str, request: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connects");
+    stream.write_all(request.as_bytes()).await.expect("sends");
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+        .await
+        .expect("answers within 10 s")
+        .expect("reads");
+    answer
 }

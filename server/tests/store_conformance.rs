@@ -952,6 +952,36 @@ async fn dashboard_users_and_sessions(store: Store) {
     assert_eq!(store.list_users().await.expect("list").len(), 1);
 }
 
+/// Security-PUSH (3.x) registration and sessions: a registration keeps the code and forgets the session; the first
+/// session stored is the one every later call gets.
+async fn push_sessions(store: Store) {
+    assert_not_found(store.register_push("NEVERSEEN01", "code").await);
+    let seen = PushSeen {
+        serial: "ACC0001".into(),
+        at: ts("2026-01-05T08:00:00Z"),
+        address: None,
+        push_version: Some("3.1.2".into()),
+        dialect: Some("acc".into()),
+        language: None,
+    };
+    let t = store.push_seen(&seen).await.expect("seen");
+    assert_eq!((t.registry_code, t.session_id), (None, None));
+    assert_eq!(store.push_session("ACC0001", "s1").await.expect("session"), None, "not registered: no session");
+    assert_eq!(store.register_push("ACC0001", "code1").await.expect("registered"), "code1");
+    assert_eq!(store.register_push("ACC0001", "code2").await.expect("registered"), "code1", "the code is kept");
+    let first = store.push_session("ACC0001", "s1").await.expect("session");
+    assert_eq!(first, Some(("code1".to_owned(), "s1".to_owned())));
+    assert_eq!(store.push_session("ACC0001", "s2").await.expect("session"), first, "the stored session is kept");
+    let t = store.get_push_terminal("ACC0001").await.expect("read").expect("terminal");
+    assert_eq!((t.registry_code.as_deref(), t.session_id.as_deref()), (Some("code1"), Some("s1")));
+    assert_eq!(store.register_push("ACC0001", "code3").await.expect("registered"), "code1");
+    let t = store.push_seen(&seen).await.expect("seen");
+    assert_eq!(t.session_id, None, "a registration forgets the session");
+    let renewed = store.push_session("ACC0001", "s3").await.expect("session");
+    assert_eq!(renewed, Some(("code1".to_owned(), "s3".to_owned())));
+    assert_invalid(store.push_session("ACC0001", "nul\0").await);
+}
+
 fn hash_of(b: u8) -> Vec<u8> {
     vec![b; 32]
 }
@@ -1007,6 +1037,7 @@ conformance!(
     delete_cascades,
     metacharacters_round_trip,
     concurrent_overlapping_batches,
+    push_sessions,
 );
 
 // ---- connecting

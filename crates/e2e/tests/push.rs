@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use essl_e2e::*;
 use essl_server::hub::HubEvent;
 use essl_zk_sim::generate;
-use essl_zk_sim::push::{Dialect, PushConfig, PushTerminal};
+use essl_zk_sim::push::{Dialect, PushConfig, PushTerminal, session_token};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -22,6 +22,7 @@ on_both_backends!(
     kolkata_is_five_and_a_half_hours_ahead,
     a_serial_claimed_by_another_site_is_refused,
     constant_stamps_and_a_drifting_clock,
+    security_push_session_token,
 );
 
 /// Claims `serial` for site HQ in Asia/Kolkata; answers the device id.
@@ -630,5 +631,107 @@ async fn constant_stamps_and_a_drifting_clock(db: TestDb) {
     let row = rows.iter().find(|r| r["localTime"] == late.timestamp.as_str()).expect("the drifted punch is stored");
     assert_eq!(row["flags"].as_i64().map(|f| f & 4), Some(4), "flagged as in the future: {row}");
     terminal.stop().await;
+    server.stop().await;
+}
+
+/// The `key=` value of a security-PUSH configuration answer.
+fn option_value(text: &str, key: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+        .to_owned()
+}
+
+/// A 3.x terminal, once handed a session, must send `Cookie: token=<md5(RegistryCode + SN + SessionID)>`: the
+/// simulator does, and gets everything stored; a request with a wrong or no token is refused (401), journaled,
+/// stores nothing and is handed no command; a new registration brings a new session, and the old token stops working.
+async fn security_push_session_token(db: TestDb) {
+    let server = Server::start(&db).await;
+    let serial = "ACCX201260001";
+    let device = claim(&server, serial).await;
+    let mut config = sim_config(&server, serial);
+    config.dialect = Dialect::Acc;
+    let terminal = PushTerminal::start(&generate::generate(3, 40, 6), config);
+    caught_up(&terminal, Duration::from_secs(20)).await;
+    assert_exactly(&server, &device, &terminal).await;
+    let pin = terminal.users()[0].user_id.clone();
+    terminal.stop().await;
+    let stored = all_attendance(&server, &device).await.len();
+
+    // The session as a rebooted terminal learns it: from its handshake.
+    let handshake = server.url(&format!("/iclock/cdata?SN={serial}&options=all&pushver=3.1.2&DeviceType=acc"));
+    let text = reqwest::get(&handshake).await.expect("answer").text().await.expect("body");
+    let (code, session) = (option_value(&text, "RegistryCode"), option_value(&text, "SessionID"));
+    assert!(session.len() >= 32, "a random session id: {text}");
+    let token = session_token(&code, serial, &session);
+    let mut wrong = token.clone();
+    wrong.replace_range(..1, if token.starts_with('0') { "1" } else { "0" });
+
+    let http = reqwest::Client::new();
+    let send = |method: Method, path: String, cookie: Option<String>, body: String| {
+        let mut req = http.request(method, server.url(&path)).body(body);
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        async move {
+            let r = req.send().await.expect("answer");
+            (r.status(), r.text().await.unwrap_or_default())
+        }
+    };
+    let rtlog = format!("/iclock/cdata?SN={serial}&table=rtlog");
+    let line = format!(
+        "time=2024-02-29 03:17:43\tpin={pin}\tcardno=0\tsitecode=0\tlinkid=0\teventaddr=1\tevent=0\tinoutstatus=0\tverifytype=1\tindex=0\n"
+    );
+    let (status, text) = send(Method::POST, rtlog.clone(), Some(format!("token={wrong}")), line.clone()).await;
+    assert_eq!((status, text.as_str()), (StatusCode::UNAUTHORIZED, "ERROR: session token required"));
+    let (status, _) = send(Method::POST, rtlog.clone(), None, line.clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = send(Method::POST, rtlog.clone(), Some("lang=en".into()), line.clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(all_attendance(&server, &device).await.len(), stored, "nothing refused was stored");
+
+    // No command is handed out, and no result is taken, without the token.
+    let (status, c) = server.post(&format!("/api/devices/{device}/commands"), json!({"type": "info"})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{c}");
+    let id = c["id"].as_i64().expect("id");
+    let poll = format!("/iclock/getrequest?SN={serial}");
+    for cookie in [None, Some(format!("token={wrong}"))] {
+        let (status, text) = send(Method::GET, poll.clone(), cookie, String::new()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{text}");
+        assert!(!text.contains("C:"), "{text}");
+    }
+    let result = format!("ID={id}&Return=0&CMD=INFO\n");
+    let (status, _) = send(Method::POST, format!("/iclock/devicecmd?SN={serial}"), None, result).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(command_status(&server, &device, id).await["status"], "queued");
+    let (_, journal) = server.get(&format!("/api/push/journal?serialNumber={serial}&limit=20")).await;
+    let outcomes: Vec<&str> =
+        journal["items"].as_array().expect("items").iter().filter_map(|j| j["outcome"].as_str()).collect();
+    assert_eq!(outcomes.iter().filter(|o| **o == "refused: wrong session token").count(), 2, "{outcomes:?}");
+    assert_eq!(outcomes.iter().filter(|o| **o == "refused: no session token").count(), 4, "{outcomes:?}");
+
+    // The right token: stored, and the command handed out.
+    let (status, text) = send(Method::POST, rtlog.clone(), Some(format!("token={token}")), line.clone()).await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "OK"));
+    assert_eq!(all_attendance(&server, &device).await.len(), stored + 1);
+    let (status, text) = send(Method::GET, poll.clone(), Some(format!("lang=en; token={token}")), String::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(text.contains(&format!("C:{id}:INFO")), "{text}");
+
+    // Registering again: a new session from the next configuration request, which needs no token until then.
+    let (status, text) =
+        send(Method::POST, format!("/iclock/registry?SN={serial}"), None, "DeviceType=acc".into()).await;
+    assert_eq!((status, text.trim()), (StatusCode::OK, format!("RegistryCode={code}").as_str()));
+    let (status, text) = send(Method::POST, format!("/iclock/push?SN={serial}"), None, String::new()).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let renewed = option_value(&text, "SessionID");
+    assert_ne!(renewed, session);
+    let (status, _) = send(Method::POST, rtlog.clone(), Some(format!("token={token}")), line.clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the old session's token no longer works");
+    let (status, _) = send(Method::POST, format!("/iclock/push?SN={serial}"), None, String::new()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the new session is asked for");
+    let token = session_token(&code, serial, &renewed);
+    let (status, text) = send(Method::POST, rtlog, Some(format!("token={token}")), line).await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "OK"));
     server.stop().await;
 }

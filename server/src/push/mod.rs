@@ -11,6 +11,12 @@
 //! (`getrequest`/`ping` without `INFO`), which only update the terminal's last contact. A serial without an active
 //! push device is quarantined: answered, journaled, nothing ingested, no command sent, its uploads refused (403) so
 //! that the terminal keeps its records and sends them again once an admin claimed it.
+//!
+//! Security PUSH (3.x) sessions (notes §4.3): a registered terminal is handed its `RegistryCode` and a random
+//! `SessionID` (stored with it, new after each registration); from then on its uploads, polls, command results and
+//! configuration requests must carry `Cookie: token=<md5(RegistryCode + serial + SessionID)>` or are refused (401,
+//! journaled, nothing ingested, no command handed out). Weak (the handshake hands both values to whoever asks with
+//! the serial), but it is what the protocol offers; attendance (2.x) terminals have no token.
 
 pub mod commands;
 mod ingest;
@@ -30,6 +36,7 @@ use axum::response::Response;
 use axum::routing::any;
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::app::AppState;
@@ -156,6 +163,56 @@ pub fn new_secret() -> Result<String, getrandom::Error> {
     random_hex(32)
 }
 
+/// The session token of a security-PUSH (3.x) terminal, as it sends it in `Cookie: token=`: lowercase hex MD5 of
+/// its registry code, serial number and session id, concatenated.
+pub fn session_token(registry_code: &str, serial: &str, session: &str) -> String {
+    let mut md5 = md5::Md5::new();
+    md5.update(registry_code.as_bytes());
+    md5.update(serial.as_bytes());
+    md5.update(session.as_bytes());
+    md5.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The `token` cookie of a request, if any (several `Cookie` headers and `a=b; token=...` lists are read).
+fn cookie_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("token"))
+        .map(|(_, v)| v.trim().trim_matches('"').to_owned())
+}
+
+/// The requests a 3.x terminal sends with its session token once it was handed one: configuration, uploads,
+/// command polls and results, query answers. Not the handshake and the registration (which hand out the session)
+/// nor the keep-alive `ping` or the time request (`GET rtdata`), which the notes do not say carry it.
+fn needs_token(endpoint: &str, method: &Method) -> bool {
+    match endpoint {
+        "push" | "getrequest" | "devicecmd" | "querydata" => true,
+        "cdata" | "rtdata" => method == Method::POST,
+        _ => false,
+    }
+}
+
+/// Why a 3.x terminal's request is refused for its token, if it is: the outcome for the journal.
+fn token_refusal(ctx: &Ctx, identity: &Identity, terminal: &PushTerminal) -> Option<&'static str> {
+    if !matches!(identity, Identity::Known(_)) || terminal.dialect != "acc" || !needs_token(&ctx.endpoint, &ctx.method)
+    {
+        return None;
+    }
+    let (Some(code), Some(session)) = (&terminal.registry_code, &terminal.session_id) else { return None };
+    let Some(given) = &ctx.token else { return Some("refused: no session token") };
+    let expected = session_token(code, &terminal.serial, session);
+    // Constant time: the comparison must not tell a guesser how many leading characters were right.
+    if bool::from(expected.as_bytes().ct_eq(given.to_ascii_lowercase().as_bytes())) {
+        None
+    } else {
+        Some("refused: wrong session token")
+    }
+}
+
 fn random_hex(n: usize) -> Result<String, getrandom::Error> {
     let mut bytes = vec![0u8; n];
     getrandom::fill(&mut bytes)?;
@@ -184,6 +241,8 @@ struct Ctx {
     query: Query,
     method: Method,
     address: Option<SocketAddr>,
+    /// The `token` cookie (security PUSH sessions).
+    token: Option<String>,
 }
 
 /// Whether a serial belongs to an active push device (and which), or is quarantined.
@@ -197,6 +256,7 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
     let address = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let token = cookie_token(req.headers());
     let raw_query = req.uri().query().unwrap_or_default().to_owned();
     let (endpoint, secret) = endpoint(&path);
     let query = Query::parse(&raw_query);
@@ -234,7 +294,7 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
     // terminal is comes from the query alone, so it is looked up while the journal entry is written; the body is
     // parsed only once both are done.
     let poll = matches!(endpoint.as_str(), "getrequest" | "ping") && body.is_empty() && query.get("info").is_none();
-    let entry = (!poll).then(|| crate::store::NewJournal {
+    let entry = crate::store::NewJournal {
         serial: (!serial.is_empty()).then(|| serial.clone()),
         method: method.to_string(),
         path: path.clone(),
@@ -243,15 +303,18 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
         body_len: i64::try_from(body.len()).unwrap_or(i64::MAX),
         remote_addr: address.map(|a| a.to_string()),
         received_at: Timestamp::now(),
-    });
-    let mut ctx =
-        Ctx { journal: None, outcome_recorded: AtomicBool::new(false), serial, endpoint, query, method, address };
-    let journal = async {
-        match &entry {
-            Some(e) => state.store.journal_push(e).await.map(Some),
-            None => Ok(None),
-        }
     };
+    let mut ctx = Ctx {
+        journal: None,
+        outcome_recorded: AtomicBool::new(false),
+        serial,
+        endpoint,
+        query,
+        method,
+        address,
+        token,
+    };
+    let journal = async { if poll { Ok(None) } else { state.store.journal_push(&entry).await.map(Some) } };
     let identified =
         async { if too_large { None } else { Some(identify(&state, &ctx, secret.as_deref(), &table).await) } };
     let (journal, identified) = tokio::join!(journal, identified);
@@ -269,9 +332,21 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
             format!("refused: body over {cap} bytes"),
         )),
         Some(Ok(Identified::Refused(done))) => Ok(done),
-        Some(Ok(Identified::Terminal { identity, terminal, acc })) => {
-            dispatch(&state, &ctx, &identity, &terminal, acc, &table, &body).await
-        }
+        Some(Ok(Identified::Terminal { identity, terminal, acc })) => match token_refusal(&ctx, &identity, &terminal) {
+            Some(refusal) => {
+                tracing::warn!(serial = %ctx.serial, address = ?ctx.address, endpoint = %ctx.endpoint, refusal,
+                    "security PUSH request without its session token");
+                // A refused poll is journaled too: someone polling with a terminal's serial is worth seeing.
+                if ctx.journal.is_none() {
+                    match state.store.journal_push(&entry).await {
+                        Ok(id) => ctx.journal = Some(id),
+                        Err(error) => tracing::warn!(serial = %ctx.serial, %error, "cannot journal a refused poll"),
+                    }
+                }
+                Ok((reply::text(StatusCode::UNAUTHORIZED, "ERROR: session token required"), refusal.to_owned()))
+            }
+            None => dispatch(&state, &ctx, &identity, &terminal, acc, &table, &body).await,
+        },
         Some(Err(error)) => Err(error),
     };
     let recorded = served.is_ok() && ctx.outcome_recorded.load(Ordering::Relaxed);
@@ -398,26 +473,25 @@ async fn dispatch(
         ("devicecmd", Identity::Quarantined) => Ok((reply::ok(), "quarantined: results ignored".into())),
         ("registry", Identity::Known(_)) => {
             merge_info(state, terminal, parse::key_values(&text_of(terminal, body), ',')).await?;
-            let code = match &terminal.registry_code {
-                Some(c) => c.clone(),
-                None => {
-                    let c = random_hex(8).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-                    state.store.set_push_registry(&ctx.serial, &c).await?;
-                    c
-                }
-            };
+            // A registration keeps the terminal's code and forgets its session: the next configuration request
+            // (`push`, or a handshake) hands out a new one, and until then no token is asked for.
+            let code = state.store.register_push(&ctx.serial, &random_hex(8).map_err(unavailable)?).await?;
             Ok((reply::text(StatusCode::OK, format!("RegistryCode={code}\n")), "ok: registered".into()))
         }
         ("registry" | "push", Identity::Quarantined) => Ok((
             reply::text(StatusCode::NOT_ACCEPTABLE, "ERROR: unknown device"),
             "quarantined: registration refused".into(),
         )),
-        ("push", Identity::Known(device)) => {
-            let session = random_hex(8).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            let code = terminal.registry_code.clone().unwrap_or_default();
-            let body = reply::options_3x(&code, &session, tz_value(device), &state.config.push.options());
-            Ok((reply::text(StatusCode::OK, body), "ok: configuration sent".into()))
-        }
+        ("push", Identity::Known(device)) => match session(state, ctx).await? {
+            Some((code, session)) => {
+                let body = reply::options_3x(&code, &session, tz_value(device), &state.config.push.options());
+                Ok((reply::text(StatusCode::OK, body), "ok: configuration sent".into()))
+            }
+            None => Ok((
+                reply::text(StatusCode::NOT_ACCEPTABLE, "ERROR: not registered"),
+                "refused: configuration asked before registering".into(),
+            )),
+        },
         ("rtdata", _) => {
             let zone = match identity {
                 Identity::Known(d) => crate::ingest::zone(&d.timezone),
@@ -450,6 +524,16 @@ async fn dispatch(
         ("file", _) => Ok((reply::text(StatusCode::NOT_FOUND, "ERROR"), "refused: no files are served".into())),
         _ => Ok((reply::ok(), if quarantined { "quarantined: answered OK".into() } else { "ok".into() })),
     }
+}
+
+fn unavailable(e: getrandom::Error) -> StoreError {
+    StoreError::Unavailable(format!("no random numbers: {e}"))
+}
+
+/// The registry code and session of a registered 3.x terminal: the session it holds, or a new random one (16 random
+/// bytes, hex), stored with the terminal. `None` before it registered.
+async fn session(state: &AppState, ctx: &Ctx) -> Result<Option<(String, String)>, StoreError> {
+    state.store.push_session(&ctx.serial, &random_hex(16).map_err(unavailable)?).await
 }
 
 fn tz_value(device: &Device) -> i32 {
@@ -485,10 +569,9 @@ async fn handshake_reply(
             let body = reply::options_2x(&ctx.serial, None, ctx.query.get("pushver").is_none(), 0, &config.options());
             Ok((reply::text(StatusCode::OK, body), "quarantined: options sent".into()))
         }
-        (Identity::Known(device), true) => match &terminal.registry_code {
-            Some(code) => {
-                let session = random_hex(8).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-                let body = reply::options_3x(code, &session, tz_value(device), &config.options());
+        (Identity::Known(device), true) => match session(state, ctx).await? {
+            Some((code, session)) => {
+                let body = reply::options_3x(&code, &session, tz_value(device), &config.options());
                 Ok((reply::text(StatusCode::OK, body), "ok: registered terminal".into()))
             }
             None => Ok((reply::ok(), "ok: not registered yet".into())),
@@ -804,4 +887,28 @@ pub async fn sync(state: &AppState, device: Device, caller: Option<Uuid>) -> Res
         })
         .await?;
     Ok(DeviceSync { device, result, duration })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_token_and_cookie() {
+        // RFC 1321's test vector for "abc", split across the three parts.
+        assert_eq!(session_token("a", "b", "c"), "900150983cd24fb0d6963f7d28e17f72");
+        let mut headers = axum::http::HeaderMap::new();
+        assert_eq!(cookie_token(&headers), None);
+        headers.append(axum::http::header::COOKIE, axum::http::HeaderValue::from_static("lang=en"));
+        headers.append(axum::http::header::COOKIE, axum::http::HeaderValue::from_static("a=b; Token = \"abc\" ;c=d"));
+        assert_eq!(cookie_token(&headers).as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn which_requests_need_the_token() {
+        assert!(needs_token("getrequest", &Method::GET) && needs_token("push", &Method::POST));
+        assert!(needs_token("cdata", &Method::POST) && needs_token("rtdata", &Method::POST));
+        assert!(!needs_token("cdata", &Method::GET) && !needs_token("registry", &Method::POST));
+        assert!(!needs_token("rtdata", &Method::GET) && !needs_token("ping", &Method::GET));
+    }
 }

@@ -61,6 +61,9 @@ pub struct PushTerminal {
     pub attlog_stamp: Option<String>,
     pub operlog_stamp: Option<String>,
     pub registry_code: Option<String>,
+    /// The `SessionID` a registered security-PUSH (3.x) terminal was handed, once it was; its requests then carry
+    /// `Cookie: token=<md5(registry_code + serial + session_id)>`.
+    pub session_id: Option<String>,
 }
 
 /// A contact from a serial: upserted into `essl_push_terminals`; `None`s keep what is stored.
@@ -273,12 +276,23 @@ impl Store {
         dispatch!(self.set_push_info(serial, info))
     }
 
-    /// Stores the registry code handed to a security-PUSH (3.x) terminal.
+    /// Registers a security-PUSH (3.x) terminal: it keeps the registry code it has, else gets `code`; its session
+    /// is forgotten, so that each registration is handed a new one. Answers the terminal's registry code.
+    /// [`StoreError::NotFound`] for a serial never seen.
     #[tracing::instrument(skip_all, fields(serial = %serial))]
-    pub async fn set_push_registry(&self, serial: &str, code: &str) -> Result<(), StoreError> {
+    pub async fn register_push(&self, serial: &str, code: &str) -> Result<String, StoreError> {
         check::text("serial number", serial)?;
         check::text("registry code", code)?;
-        dispatch!(self.set_push_registry(serial, code))
+        dispatch!(self.register_push(serial, code))
+    }
+
+    /// The registry code and session of a registered 3.x terminal: the session it was handed, or else `session`,
+    /// stored now (two racing requests end with the same one). `None` when the terminal has not registered.
+    #[tracing::instrument(skip_all, fields(serial = %serial))]
+    pub async fn push_session(&self, serial: &str, session: &str) -> Result<Option<(String, String)>, StoreError> {
+        check::text("serial number", serial)?;
+        check::text("session id", session)?;
+        dispatch!(self.push_session(serial, session))
     }
 
     /// The device with this serial number, if any.

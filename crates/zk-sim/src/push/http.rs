@@ -27,16 +27,17 @@ pub struct Answer {
     pub body: String,
 }
 
-/// Sends one request and reads its answer.
+/// Sends one request and reads its answer. `cookie`: the value of a `Cookie` header (3.x session token).
 pub async fn request(
     addr: SocketAddr,
     method: &str,
     target: &str,
     content_type: Option<&str>,
+    cookie: Option<&str>,
     body: &[u8],
     timeout: Duration,
 ) -> Result<Answer, HttpError> {
-    tokio::time::timeout(timeout, exchange(addr, method, target, content_type, body))
+    tokio::time::timeout(timeout, exchange(addr, method, target, content_type, cookie, body))
         .await
         .map_err(|_| HttpError::Timeout(timeout))?
 }
@@ -46,6 +47,7 @@ async fn exchange(
     method: &str,
     target: &str,
     content_type: Option<&str>,
+    cookie: Option<&str>,
     body: &[u8],
 ) -> Result<Answer, HttpError> {
     let mut stream = TcpStream::connect(addr).await?;
@@ -56,6 +58,9 @@ async fn exchange(
     );
     if let Some(ct) = content_type {
         head.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    if let Some(cookie) = cookie {
+        head.push_str(&format!("Cookie: {cookie}\r\n"));
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await?;

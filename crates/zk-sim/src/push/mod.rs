@@ -2,6 +2,10 @@
 //! do (`shared/protocol/adms-push.md`): handshake, backlog upload in batches, realtime punches, polling every
 //! `Delay` seconds, queued commands executed against its own data, results posted back, each batch sent again
 //! until the server answers exactly `OK:<n>`. Switches reproduce the pitfalls of real firmware.
+//!
+//! In the security dialect (3.x) the terminal keeps the `RegistryCode` and `SessionID` the server hands it and,
+//! once it holds both, sends `Cookie: token=<md5(RegistryCode + serial + SessionID), lowercase hex>` with every
+//! request (notes §4.3 step 4).
 
 pub mod http;
 
@@ -135,6 +139,10 @@ struct State {
     /// Probability of a lost acknowledgement (from the config; tests switch it).
     drop_acks: f64,
     rng: Rng,
+    /// 3.x: the `RegistryCode` of the registration or of a handshake.
+    registry_code: Option<String>,
+    /// 3.x: the `SessionID` of the configuration; forgotten when the terminal registers again.
+    session: Option<String>,
 }
 
 struct Inner {
@@ -168,6 +176,8 @@ impl PushTerminal {
             users_sent: false,
             drop_acks: config.drop_acks,
             rng: Rng::new(config.seed),
+            registry_code: None,
+            session: None,
         };
         let inner =
             Arc::new(Inner { config, state: Mutex::new(state), counters: Counters::default(), wake: Notify::new() });
@@ -280,7 +290,16 @@ impl Inner {
 
     async fn call(&self, method: &str, target: &str, body: &[u8]) -> Result<http::Answer, http::HttpError> {
         let ct = if self.config.form_content_type { Some("application/x-www-form-urlencoded") } else { None };
-        http::request(self.config.server, method, target, ct, body, self.config.timeout).await
+        let cookie = {
+            let s = self.state();
+            match (&s.registry_code, &s.session) {
+                (Some(code), Some(session)) if self.config.dialect == Dialect::Acc => {
+                    Some(format!("token={}", session_token(code, &self.config.serial, session)))
+                }
+                _ => None,
+            }
+        };
+        http::request(self.config.server, method, target, ct, cookie.as_deref(), body, self.config.timeout).await
     }
 
     fn eol(&self) -> &'static str {
@@ -426,7 +445,11 @@ async fn handshake_acc(inner: &Inner) -> bool {
             inner.config.serial
         );
         match inner.call("POST", &inner.url("registry", ""), body.as_bytes()).await {
-            Ok(a) if a.status == 200 && a.body.contains("RegistryCode=") => {}
+            Ok(a) if a.status == 200 && a.body.contains("RegistryCode=") => {
+                let mut s = inner.state();
+                s.registry_code = value_of(&a.body, "RegistryCode");
+                s.session = None;
+            }
             _ => return false,
         }
         match inner.call("POST", &inner.url("push", ""), b"").await {
@@ -450,9 +473,27 @@ fn apply_acc_options(inner: &Inner, body: &str) {
             "RequestDelay" => s.delay = Duration::from_secs(v.trim().parse().unwrap_or(30)),
             "ErrorDelay" => s.error_delay = Duration::from_secs(v.trim().parse().unwrap_or(30)),
             "TimeZone" => s.tz_minutes = tz_minutes(v.trim().parse().unwrap_or(0)),
+            "RegistryCode" if !v.trim().is_empty() => s.registry_code = Some(v.trim().to_owned()),
+            "SessionID" if !v.trim().is_empty() => s.session = Some(v.trim().to_owned()),
             _ => {}
         }
     }
+}
+
+/// The value of `key=` in a `key=value` answer.
+fn value_of(body: &str, key: &str) -> Option<String> {
+    body.lines().find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('=')).map(|v| v.trim().to_owned())
+}
+
+/// The session token of the security dialect: lowercase hex MD5 of the registry code, the serial number and the
+/// session id, concatenated (notes §4.3 step 4).
+pub fn session_token(registry_code: &str, serial: &str, session: &str) -> String {
+    use md5::Digest;
+    let mut md5 = md5::Md5::new();
+    md5.update(registry_code.as_bytes());
+    md5.update(serial.as_bytes());
+    md5.update(session.as_bytes());
+    md5.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The users, as `OPERLOG` `USER` lines (once per boot, or when the server has no OPERLOG stamp).
@@ -725,5 +766,13 @@ mod tests {
         );
         assert_eq!(tz_minutes(330), 330);
         assert_eq!(tz_minutes(-5), -300);
+    }
+
+    #[test]
+    fn session_token_is_the_md5_of_the_three_values() {
+        // RFC 1321's test vector for "abc", split across the three parts.
+        assert_eq!(session_token("a", "b", "c"), "900150983cd24fb0d6963f7d28e17f72");
+        assert_eq!(value_of("registry=ok\nRegistryCode=Uy47 \n", "RegistryCode").as_deref(), Some("Uy47"));
+        assert_eq!(value_of("RegistryCodeX=1\n", "RegistryCode"), None);
     }
 }

@@ -11,7 +11,7 @@ use crate::store::model::Device;
 use crate::store::push::*;
 
 const TERMINAL_COLS: &str = "serial, first_seen, last_seen, last_address, push_version, dialect, language, info, \
-                             attlog_stamp, operlog_stamp, registry_code";
+                             attlog_stamp, operlog_stamp, registry_code, session_id";
 const COMMAND_COLS: &str = "id, device_id, kind, command, status, attempts, created_at, sent_at, finished_at, \
                             return_code, result, requested_by";
 
@@ -28,6 +28,7 @@ fn terminal(r: &SqliteRow) -> Result<PushTerminal, StoreError> {
         attlog_stamp: r.try_get("attlog_stamp")?,
         operlog_stamp: r.try_get("operlog_stamp")?,
         registry_code: r.try_get("registry_code")?,
+        session_id: r.try_get("session_id")?,
     })
 }
 
@@ -170,13 +171,32 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub(crate) async fn set_push_registry(&self, serial: &str, code: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE essl_push_terminals SET registry_code = $2 WHERE serial = $1")
-            .bind(serial)
-            .bind(code)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+    pub(crate) async fn register_push(&self, serial: &str, code: &str) -> Result<String, StoreError> {
+        let stored: String = sqlx::query_scalar(
+            "UPDATE essl_push_terminals SET registry_code = COALESCE(registry_code, $2), session_id = NULL \
+             WHERE serial = $1 RETURNING registry_code",
+        )
+        .bind(serial)
+        .bind(code)
+        .fetch_one(&self.writer)
+        .await?;
+        Ok(stored)
+    }
+
+    pub(crate) async fn push_session(
+        &self,
+        serial: &str,
+        session: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let row: Option<(String, String)> = sqlx::query_as(
+            "UPDATE essl_push_terminals SET session_id = COALESCE(session_id, $2) \
+             WHERE serial = $1 AND registry_code IS NOT NULL RETURNING registry_code, session_id",
+        )
+        .bind(serial)
+        .bind(session)
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(row)
     }
 
     pub(crate) async fn device_by_serial(&self, serial: &str) -> Result<Option<Device>, StoreError> {
