@@ -12,6 +12,7 @@ use essl_server::auth::token;
 use essl_server::store::Store;
 use essl_server::store::model::Role;
 
+mod agent_tokens;
 mod config;
 #[cfg(feature = "demo")]
 mod demo;
@@ -131,6 +132,24 @@ enum TokenCommand {
         role: RoleArg,
         #[arg(long)]
         name: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Create agent tokens in bulk (for load tests and mass roll-outs): N agents of one site, their tokens
+    /// written one per line to --out (created with mode 0600) or to standard output, never logged.
+    CreateAgents {
+        /// How many agents (1 to 100,000).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        count: u32,
+        /// Site of the agents; created if new.
+        #[arg(long)]
+        site: String,
+        /// Agent names are this, a dash and a number from 1 (e.g. `bench-00001`).
+        #[arg(long, default_value = "agent")]
+        name_prefix: String,
+        /// File for the tokens (must not exist yet); standard output if not given.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -305,6 +324,19 @@ fn main() -> ExitCode {
                 Err(e) => return invalid(&e),
             }
         }
+        Command::Token(TokenCommand::CreateAgents { count, site, name_prefix, out, db }) => {
+            let m = matches
+                .subcommand_matches("token")
+                .and_then(|m| m.subcommand_matches("create-agents"))
+                .unwrap_or(&matches);
+            match config::load(db_sources(db, m)) {
+                Ok(settings) => Work::CreateAgents {
+                    bulk: agent_tokens::Bulk { count, site, name_prefix, out },
+                    database_url: settings.database_url,
+                },
+                Err(e) => return invalid(&e),
+            }
+        }
         Command::User(command) => {
             let m = matches.subcommand_matches("user").and_then(|m| m.subcommand()).map(|(_, m)| m).unwrap_or(&matches);
             let (db, action) = match command {
@@ -335,6 +367,12 @@ fn main() -> ExitCode {
         match work {
             Work::Serve(settings) => serve(*settings).await,
             Work::CreateToken { role, name, database_url } => create_token(role, &name, &database_url).await,
+            Work::CreateAgents { bulk, database_url } => {
+                let store = open_store(&database_url).await?;
+                let result = agent_tokens::create(&store, &bulk).await;
+                store.close().await;
+                result
+            }
             Work::User { action, database_url } => {
                 let store = open_store(&database_url).await?;
                 match action {
@@ -362,6 +400,10 @@ enum Work {
     CreateToken {
         role: RoleArg,
         name: String,
+        database_url: String,
+    },
+    CreateAgents {
+        bulk: agent_tokens::Bulk,
         database_url: String,
     },
     User {

@@ -2,8 +2,10 @@
 //! `cargo run --release -p essl-bench -- zk-read` (against an `essl-sim` process), `-- sync` and `-- check`
 //! (server, agent and simulated terminal in this process, with the end-to-end harness of `essl-e2e`), `-- soak`
 //! (the same under random faults, then none lost and none doubled, or exit code 1), and `-- push` (pushed ATTLOG
-//! lines per second into a real server over HTTP).
+//! lines per second into a real server over HTTP), and `-- agents` (N idle agent WebSockets against the release
+//! `essl-server` binary: its memory and CPU per agent, heartbeat lag, and check-device latency meanwhile).
 
+mod agents;
 mod check;
 mod office;
 mod push;
@@ -36,6 +38,9 @@ enum Bench {
     /// Pushed ATTLOG lines ingested per second over HTTP (a claimed push terminal, real server), in batches of 1
     /// and of 500 lines, on SQLite and PostgreSQL.
     Push(push::Args),
+    /// N idle agents connected to one server (started here, or `--server`): server RSS per agent, server CPU,
+    /// heartbeat lag, and check-device latency for one real office while they are connected.
+    Agents(agents::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,7 +48,7 @@ fn main() -> anyhow::Result<()> {
     // The client alone on one thread; server, agent and terminal together on a runtime like the server's.
     let runtime = match cli.bench {
         Bench::ZkRead(_) => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
-        Bench::Sync(_) | Bench::Check(_) | Bench::Soak(_) | Bench::Push(_) => {
+        Bench::Sync(_) | Bench::Check(_) | Bench::Soak(_) | Bench::Push(_) | Bench::Agents(_) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?
         }
     };
@@ -53,5 +58,6 @@ fn main() -> anyhow::Result<()> {
         Bench::Check(args) => runtime.block_on(check::run(args)),
         Bench::Soak(args) => runtime.block_on(soak::run(args)),
         Bench::Push(args) => runtime.block_on(push::run(args)),
+        Bench::Agents(args) => runtime.block_on(agents::run(args)),
     }
 }
