@@ -324,13 +324,12 @@ fn source(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 1, 0, 1)) + (i / 64) as u32)
 }
 
-/// Connects, says `Hello` and waits for `Welcome`; answers the socket and the heartbeat interval.
-async fn connect(
-    server: SocketAddr,
-    url: &str,
-    token: &str,
-    from: Ipv4Addr,
-) -> Result<(WebSocketStream<TcpStream>, Duration), Failure> {
+/// A connected agent: its socket, its heartbeat interval, and when its `Welcome` came.
+type Connected = (WebSocketStream<TcpStream>, Duration, Instant);
+
+/// Connects, says `Hello` and waits for `Welcome`; answers the socket, the heartbeat interval and when the
+/// `Welcome` came.
+async fn connect(server: SocketAddr, url: &str, token: &str, from: Ipv4Addr) -> Result<Connected, Failure> {
     let failed = |what: &str, e: &dyn std::fmt::Display| Failure::Failed(format!("{what}: {e}"));
     let socket = TcpSocket::new_v4().map_err(|e| failed("socket", &e))?;
     socket.bind(SocketAddr::new(from.into(), 0)).map_err(|e| failed("bind", &e))?;
@@ -372,7 +371,7 @@ async fn connect(
     })
     .await;
     match welcome {
-        Ok(Ok(ms)) => Ok((ws, Duration::from_millis(ms.max(1000)))),
+        Ok(Ok(ms)) => Ok((ws, Duration::from_millis(ms.max(1000)), Instant::now())),
         Ok(Err(e)) => Err(Failure::Failed(format!("welcome: {e}"))),
         Err(_) => Err(Failure::Failed("no Welcome within 30 s".into())),
     }
@@ -758,14 +757,10 @@ struct Fleet {
 
 impl Fleet {
     /// A finished connection attempt: a new idle agent, or a refusal or failure counted.
-    fn take(
-        &mut self,
-        done: Result<Result<(WebSocketStream<TcpStream>, Duration), Failure>, JoinError>,
-        ping: Duration,
-    ) {
+    fn take(&mut self, done: Result<Result<Connected, Failure>, JoinError>, ping: Duration) {
         let why = match done {
-            Ok(Ok((ws, heartbeat))) => {
-                self.since.push(Instant::now());
+            Ok(Ok((ws, heartbeat, welcomed))) => {
+                self.since.push(welcomed);
                 self.agents.spawn(idle(ws, heartbeat, ping, self.tally.clone(), self.stop.clone()));
                 return;
             }

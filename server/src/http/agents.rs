@@ -266,7 +266,15 @@ pub async fn ws(
         return ApiError::unavailable("server is shutting down").into_response();
     }
     let ctx = state.session_ctx();
+    // Buffers sized for tens of thousands of idle agents (`essl-bench agents`): tungstenite's default 128 KiB read
+    // buffer is allocated at the upgrade, and was most of the ~150 KiB of server RSS per idle agent measured
+    // before. 4 KiB holds every heartbeat; larger messages (punch batches, up to MAX_MESSAGE_BYTES) grow it on
+    // demand. Frames are written at once (no write batching: every send is flushed anyway), and at most one whole
+    // message may wait in the write buffer before `send` pushes back.
     upgrade
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(essl_wire::MAX_MESSAGE_BYTES + 64)
         .max_message_size(essl_wire::MAX_MESSAGE_BYTES)
         .max_frame_size(essl_wire::MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| session::serve(socket, agent, ctx))
