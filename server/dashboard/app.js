@@ -514,7 +514,7 @@
         h('span', { class: 'badge badge-muted', 'data-field': 'kind', title: 'The terminal calls the server itself (ADMS push): no agent' }, 'push'),
         ' ',
         h('span', { class: 'mono' }, d.serialNumber || d.ipAddress || ''),
-        pushDetails(cache.pushBySerial.get(d.serialNumber)),
+        pushDetails(d, cache.pushBySerial.get(d.serialNumber)),
       );
     } else {
       fill(address, h('span', { class: 'mono' }, `${d.ipAddress}:${d.port}`), d.transport === 'udp' ? ' (UDP)' : null);
@@ -537,21 +537,34 @@
     acc: 'security PUSH (3.x): registry, rtlog',
   };
 
-  /** What a push terminal reported (admins: from the push terminals list): dialect, firmware, pending commands. */
-  function pushDetails(t) {
-    if (!t) return null;
-    const pending = Number(t.pendingCommands) || 0;
+  /**
+   * What a push terminal reported: dialect and firmware from the device itself (everyone reads them), pending
+   * commands from the push terminals list `t` (admins only: the command queue is an admin route).
+   */
+  function pushDetails(d, t) {
+    const pending = t ? Number(t.pendingCommands) || 0 : null;
+    if (!d.pushDialect && !d.firmware && pending === null) return null;
     return h(
       'div',
       { class: 'small muted push-details' },
-      h('div', {}, 'dialect ', h('span', { 'data-field': 'dialect', title: DIALECTS[t.dialect] || null }, t.dialect || '?')),
-      t.firmware ? h('div', {}, 'firmware ', h('span', { 'data-field': 'firmware' }, t.firmware)) : null,
-      h(
-        'div',
-        { title: 'Commands queued for the terminal, or sent and not answered yet' },
-        h('span', { 'data-field': 'pending-commands' }, String(pending)),
-        ` ${plural(pending, 'command', 'commands')} pending`,
-      ),
+      d.pushDialect
+        ? h(
+            'div',
+            {},
+            'dialect ',
+            h('span', { 'data-field': 'dialect', title: DIALECTS[d.pushDialect] || null }, d.pushDialect),
+            d.pushVersion ? h('span', { 'data-field': 'push-version' }, ` ${d.pushVersion}`) : null,
+          )
+        : null,
+      d.firmware ? h('div', {}, 'firmware ', h('span', { 'data-field': 'firmware' }, d.firmware)) : null,
+      pending === null
+        ? null
+        : h(
+            'div',
+            { title: 'Commands queued for the terminal, or sent and not answered yet' },
+            h('span', { 'data-field': 'pending-commands' }, String(pending)),
+            ` ${plural(pending, 'command', 'commands')} pending`,
+          ),
     );
   }
 

@@ -225,6 +225,20 @@ async fn reupload_command_and_seed_routes(db: TestDb) {
     assert_eq!(t["status"], "claimed");
     assert_eq!(t["info"]["DeviceName"], "essl-sim push", "{t}");
 
+    // Staff read the dialect, firmware and last contact from the device list; the terminals list stays admin-only.
+    let (status, body) = server.call(Method::GET, "/api/devices", Some(&server.staff.clone()), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let d =
+        body["items"].as_array().and_then(|a| a.iter().find(|d| d["id"] == device.as_str()).cloned()).expect("listed");
+    assert_eq!(
+        (&d["pushDialect"], &d["pushVersion"], &d["firmware"]),
+        (&json!("att"), &json!("2.4.1"), &json!("Ver 8.0.4.2-sim")),
+        "{d}"
+    );
+    assert!(d["lastContact"].is_string(), "{d}");
+    let (status, _) = server.call(Method::GET, "/api/push/terminals", Some(&server.staff.clone()), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
     // The seed's routes treat it like any device: reachable while it polls, sync queues a re-upload.
     let (status, body) = server.post("/api/essl/check-device", json!({"deviceId": device})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -656,6 +670,12 @@ async fn security_push_session_token(db: TestDb) {
     assert_exactly(&server, &device, &terminal).await;
     let pin = terminal.users()[0].user_id.clone();
     terminal.stop().await;
+    let (_, d) = server.get(&format!("/api/devices/{device}")).await;
+    assert_eq!(
+        (&d["pushDialect"], &d["pushVersion"], &d["firmware"]),
+        (&json!("acc"), &json!("3.1.2"), &json!("Ver 8.0.4.2-sim")),
+        "{d}"
+    );
     let stored = all_attendance(&server, &device).await.len();
 
     // The session as a rebooted terminal learns it: from its handshake.

@@ -109,6 +109,14 @@ pub struct DeviceView {
     /// A push device's last call to the server; `null` for pulled devices and push devices never heard from.
     #[schema(format = DateTime)]
     pub last_contact: Option<String>,
+    /// A push device's dialect: `att` (attendance PUSH 2.x) or `acc` (security PUSH 3.x); `null` for pulled
+    /// devices and push devices never heard from.
+    pub push_dialect: Option<String>,
+    /// A push device's protocol version (`pushver` of its handshake), when it sent one; `null` for pulled devices.
+    pub push_version: Option<String>,
+    /// A push device's firmware version as it reported it (`FWVersion` of its polls, `FirmVer` of a 3.x
+    /// registry); `null` for pulled devices and push devices that did not report it.
+    pub firmware: Option<String>,
     /// Start of the latest sync attempt.
     #[schema(format = DateTime)]
     pub last_sync_time: Option<String>,
@@ -150,11 +158,15 @@ pub async fn device_view(state: &AppState, d: &Device) -> Result<DeviceView, Api
         })
         .collect();
     let last = state.store.latest_sync(d.id).await?;
-    let last_seen = match d.kind {
-        DeviceKind::Push => crate::push::last_seen(state, d).await?,
-        DeviceKind::Pull => None,
+    // What the push terminal told (read once): its last call, dialect, version and firmware.
+    let terminal = match (&d.kind, &d.serial_number) {
+        (DeviceKind::Push, Some(serial)) => state.store.get_push_terminal(serial).await?,
+        _ => None,
     };
-    let push_reachable = d.kind == DeviceKind::Push && crate::push::reachable(state, d).await?;
+    let last_seen = terminal.as_ref().map(|t| t.last_seen);
+    let push_reachable = last_seen.is_some_and(|t| crate::push::called_within(state, t));
+    let firmware = terminal.as_ref().and_then(|t| super::push::reported_firmware(t.info.as_deref()));
+    let (push_dialect, push_version) = terminal.map(|t| (Some(t.dialect), t.push_version)).unwrap_or_default();
     Ok(DeviceView {
         id: d.id,
         name: d.name.clone(),
@@ -170,6 +182,9 @@ pub async fn device_view(state: &AppState, d: &Device) -> Result<DeviceView, Api
         reachable: push_reachable || !via.is_empty(),
         reachable_via: via,
         last_contact: last_seen.map(|t| t.to_string()),
+        push_dialect,
+        push_version,
+        firmware,
         last_sync_time: last.as_ref().map(|s| s.last_sync_time.to_string()),
         last_sync_status: last.as_ref().map(|s| s.sync_status.as_str()),
         record_count: state.store.count_attendance(Some(d.id)).await?,

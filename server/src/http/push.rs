@@ -54,6 +54,11 @@ pub struct PushTerminalView {
 /// The keys under which terminals report their firmware version, most specific first.
 const FIRMWARE_KEYS: [&str; 5] = ["FWVersion", "FirmVer", "~FirmVer", "FirmwareVersion", "~FWVersion"];
 
+/// The firmware version in a terminal's stored info (a JSON object), if it reported one.
+pub(crate) fn reported_firmware(info: Option<&str>) -> Option<String> {
+    firmware(&serde_json::from_str(info?).ok()?)
+}
+
 fn firmware(info: &serde_json::Value) -> Option<String> {
     FIRMWARE_KEYS
         .iter()

@@ -825,9 +825,14 @@ pub async fn last_seen(state: &AppState, device: &Device) -> Result<Option<Times
 
 /// Whether a push device called within its expected interval.
 pub async fn reachable(state: &AppState, device: &Device) -> Result<bool, StoreError> {
+    Ok(last_seen(state, device).await?.is_some_and(|t| called_within(state, t)))
+}
+
+/// Whether a call at `at` is recent enough for the terminal to count as reachable.
+pub fn called_within(state: &AppState, at: Timestamp) -> bool {
     let within =
         jiff::SignedDuration::try_from(state.config.push.reachable_within()).unwrap_or(jiff::SignedDuration::MAX);
-    Ok(last_seen(state, device).await?.is_some_and(|t| Timestamp::now().duration_since(t) <= within))
+    Timestamp::now().duration_since(at) <= within
 }
 
 /// The seed's sync-attendance for a push terminal: it uploads by itself, so this queues a re-upload of the last
