@@ -51,11 +51,23 @@ CREATE TABLE essl_cluster_replies (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- Single flight of a device's sync across instances: the instance that claims the row reads the terminal; the
+-- others wait for its result here. A claim lapses when it expires or its instance loses its lease.
+CREATE TABLE essl_sync_flights (
+    device_id uuid PRIMARY KEY REFERENCES essl_devices (id) ON DELETE CASCADE,
+    flight_id uuid NOT NULL,
+    instance_id uuid NOT NULL,
+    expires_at timestamptz NOT NULL,
+    done boolean NOT NULL DEFAULT false,
+    result text
+);
+
 -- As 0001: only the service role, no policy for signed-in users.
 ALTER TABLE essl_instances ENABLE ROW LEVEL SECURITY;
 ALTER TABLE essl_agent_presence ENABLE ROW LEVEL SECURITY;
 ALTER TABLE essl_device_reach ENABLE ROW LEVEL SECURITY;
 ALTER TABLE essl_cluster_replies ENABLE ROW LEVEL SECURITY;
+ALTER TABLE essl_sync_flights ENABLE ROW LEVEL SECURITY;
 
 DO $$
 DECLARE
@@ -63,7 +75,7 @@ DECLARE
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
         FOREACH t IN ARRAY ARRAY['essl_instances', 'essl_agent_presence', 'essl_device_reach',
-                                 'essl_cluster_replies'] LOOP
+                                 'essl_cluster_replies', 'essl_sync_flights'] LOOP
             EXECUTE format('CREATE POLICY %I ON %I FOR ALL TO service_role USING (true) WITH CHECK (true)',
                            t || '_service_role_all', t);
             EXECUTE format('GRANT ALL ON %I TO service_role', t);

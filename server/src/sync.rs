@@ -101,7 +101,16 @@ pub async fn sync_device(state: &AppState, device: Device, caller: Option<Uuid>)
     let result = state
         .hub
         .flights()
-        .run(device.id, move || async move { hub.call(&target, Op::SyncAttendance, timeout).await })
+        .run(device.id, move || async move {
+            // With several instances, one of them reads the terminal and the others wait for its result.
+            match hub.cluster() {
+                Some(cluster) => {
+                    let call = || hub.call(&target, Op::SyncAttendance, timeout);
+                    cluster.single_flight(target.id, timeout, call).await
+                }
+                None => hub.call(&target, Op::SyncAttendance, timeout).await,
+            }
+        })
         .await;
     let duration = started.elapsed();
     state.metrics.sync_seconds.observe(duration.as_secs_f64());

@@ -171,13 +171,15 @@ async fn through(
     path: &str,
     body: Value,
 ) -> Result<Value, String> {
+    let started = Instant::now();
     let resp = client
         .post(balancer.url(path))
         .bearer_auth(token)
         .json(&body)
+        .timeout(Duration::from_secs(20))
         .send()
         .await
-        .map_err(|e| format!("{path}: {e}"))?;
+        .map_err(|e| format!("{path}: {e} after {:?}", started.elapsed()))?;
     let status = resp.status();
     let body: Value = resp.json().await.map_err(|e| format!("{path}: {e}"))?;
     let ok = status == StatusCode::OK
@@ -228,7 +230,7 @@ async fn a_rolling_restart_of_both_instances_fails_no_request() {
         let done = done.clone();
         async move {
             let target = done.load(Ordering::Relaxed) + n;
-            eventually(Duration::from_secs(30), "requests go on", || done.load(Ordering::Relaxed) >= target).await;
+            eventually(Duration::from_secs(60), "requests go on", || done.load(Ordering::Relaxed) >= target).await;
         }
     };
     requests_before(6).await;
@@ -417,6 +419,109 @@ async fn forged_and_foreign_notices_are_ignored() {
     let (_, body) = a.post("/api/essl/sync-attendance", json!({"deviceId": device})).await;
     assert_eq!(body["success"], true, "{body}");
     assert_eq!(body["totalRecords"], 20, "{body}");
+    agent.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_syncs_on_two_instances_share_one_device_read() {
+    let Some(db) = postgres().await else { return };
+    let a = Arc::new(Server::start(&db).await);
+    let b = Arc::new(Server::start(&db).await);
+    let sim = terminal(&generate::generate(25, 20_000, 17)).await;
+    let device = a.add_device("Door", sim.addr, "HQ").await;
+    let (agent_id, token) = a.add_agent("office-pc", "HQ").await;
+    let agent = Agent::start(&b, &token);
+    wait_reachable(&b, &device, &agent_id).await;
+    let agent_uuid: Uuid = agent_id.parse().expect("uuid");
+    eventually(Duration::from_secs(5), "A mirrors the agent", || a.state.hub.presence(agent_uuid).is_some()).await;
+    let before = sim.terminal.stats().attendance_reads;
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let server = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let device = device.clone();
+        tasks.push(tokio::spawn(
+            async move { server.post("/api/essl/sync-attendance", json!({"deviceId": device})).await },
+        ));
+    }
+    for t in tasks {
+        let (status, body) = t.await.expect("task");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["success"], true, "{body}");
+        assert_eq!(body["totalRecords"], 20_000, "{body}");
+    }
+    assert_eq!(sim.terminal.stats().attendance_reads - before, 1, "ten syncs on two instances, one device read");
+    assert_exact(&a.state.store, device.parse().expect("uuid"), &sim.terminal, Duration::from_secs(5)).await;
+    agent.stop().await;
+    for server in [a, b] {
+        if let Ok(server) = Arc::try_unwrap(server) {
+            server.stop().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_connections_lost_during_a_forwarded_sync_end_cleanly() {
+    use sqlx::Connection;
+    let Some(db) = postgres().await else { return };
+    let (admin_url, name) = db.postgres_admin().expect("a PostgreSQL database");
+    let a = Server::start(&db).await;
+    let b = Server::start(&db).await;
+    let sim = terminal(&generate::generate(25, 50_000, 4)).await;
+    let device = a.add_device("Door", sim.addr, "HQ").await;
+    let (agent_id, token) = a.add_agent("office-pc", "HQ").await;
+    let agent = Agent::start(&b, &token);
+    wait_reachable(&b, &device, &agent_id).await;
+    let agent_uuid: Uuid = agent_id.parse().expect("uuid");
+    eventually(Duration::from_secs(5), "A mirrors the agent", || a.state.hub.presence(agent_uuid).is_some()).await;
+
+    // A asks B's agent for a sync; while B stores its batches, every connection to the database is cut (the
+    // listeners' too), as in a failover.
+    let request = {
+        let (url, token, device) = (a.url("/api/essl/sync-attendance"), a.admin.clone(), device.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let resp =
+                reqwest::Client::new().post(url).bearer_auth(token).json(&json!({"deviceId": device})).send().await;
+            (resp.map(|r| r.status()), started.elapsed())
+        })
+    };
+    let mut admin = sqlx::PgConnection::connect(admin_url).await.expect("admin connection");
+    let started = Instant::now();
+    loop {
+        let ingesting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'INSERT INTO essl_attendance%'",
+        )
+        .bind(name)
+        .fetch_one(&mut admin)
+        .await
+        .expect("pg_stat_activity");
+        if ingesting > 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no ingest to interrupt");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(name)
+    .fetch_all(&mut admin)
+    .await
+    .expect("terminate");
+    // A clean answer within the deadline (the sync's own, plus the way back), whatever it says.
+    let (status, took) = request.await.expect("task");
+    let status = status.expect("an HTTP answer, not a reset");
+    assert!(status == StatusCode::OK || status == StatusCode::BAD_GATEWAY, "{status}");
+    assert!(took < Duration::from_secs(130), "{took:?}");
+    // Both instances still serve; the outbox re-sends what was refused; a new sync completes the terminal exactly.
+    wait_reachable(&b, &device, &agent_id).await;
+    eventually(Duration::from_secs(10), "A mirrors the agent again", || a.state.hub.presence(agent_uuid).is_some())
+        .await;
+    let (_, body) = a.post("/api/essl/sync-attendance", json!({"deviceId": device})).await;
+    assert_eq!(body["success"], true, "{body}");
+    assert_exact(&a.state.store, device.parse().expect("uuid"), &sim.terminal, Duration::from_secs(20)).await;
     agent.stop().await;
     a.stop().await;
     b.stop().await;

@@ -37,7 +37,7 @@ use notice::{BROADCAST, Envelope, Notice, PresenceNotice, ReachNotice, channel_o
 /// Timing of the cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// How often an instance renews its lease and refreshes its mirror; the lease lasts two of these.
+    /// The lease lasts two of these; an instance renews it, and refreshes its mirror, twice per heartbeat.
     pub heartbeat: Duration,
     /// Added to a forwarded request's deadline for the way there and back.
     pub forward_margin: Duration,
@@ -167,7 +167,7 @@ impl Cluster {
 
     /// Queues a hub event for the other instances (dropped, with a log line, if the queue is full).
     pub(crate) fn publish(&self, event: &HubEvent) {
-        if self.inner.events.try_send(event.clone()).is_err() {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.inner.events.try_send(event.clone()) {
             tracing::debug!("cluster event queue full; an event is not re-broadcast");
         }
     }
@@ -295,12 +295,24 @@ impl Cluster {
             return Err(CallError::AgentGone);
         }
         tracing::debug!(request = %id, %instance, %agent, %device, "request forwarded");
-        match tokio::time::timeout(timeout + self.inner.config.forward_margin, rx).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(CallError::AgentGone),
-            Err(_) => {
-                self.waiting().remove(&id);
-                Err(CallError::Timeout(timeout))
+        let deadline = tokio::time::Instant::now() + timeout + self.inner.config.forward_margin;
+        let mut rx = rx;
+        // The reply's notification can be lost (our listener reconnecting); the reply itself is in the database.
+        let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + REPLY_POLL, REPLY_POLL);
+        loop {
+            tokio::select! {
+                outcome = &mut rx => return outcome.unwrap_or(Err(CallError::AgentGone)),
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.waiting().remove(&id);
+                    return Err(CallError::Timeout(timeout));
+                }
+                _ = poll.tick() => {
+                    if let Ok(Some(body)) = registry::take_reply(self.pool(), id).await {
+                        self.waiting().remove(&id);
+                        tracing::debug!(request = %id, "reply found by polling (its notification was lost)");
+                        return stored_outcome(&body, instance);
+                    }
+                }
             }
         }
     }
@@ -315,21 +327,20 @@ impl Cluster {
         tracing::debug!(request = %id, %from, agent = %req.agent, ok = outcome.is_ok(), "forwarded request served");
         let reply = Envelope::new(self.id(), Notice::Reply { id, outcome: Some(outcome) });
         let channel = channel_of(from);
-        let sent = match reply.encode() {
+        // Every reply is kept in the database too: one whose notification is lost (the asking instance's listener
+        // was reconnecting) is found by its poll; one too long for a notification travels only that way.
+        let body = serde_json::to_string(&reply).unwrap_or_default();
+        if let Err(error) = registry::put_reply(self.pool(), id, &body).await {
+            tracing::warn!(%error, request = %id, "cannot keep a reply in the database");
+        }
+        let payload =
+            reply.encode().or_else(|_| Envelope::new(self.id(), Notice::Reply { id, outcome: None }).encode());
+        let sent = match payload {
             Ok(payload) => registry::notify_now(self.pool(), &channel, &payload).await,
-            Err(_) => {
-                // Too long for a notification (a long user list): through the database.
-                let body = serde_json::to_string(&reply).unwrap_or_default();
-                let pointer = Envelope::new(self.id(), Notice::Reply { id, outcome: None });
-                match (registry::put_reply(self.pool(), id, &body).await, pointer.encode()) {
-                    (Ok(()), Ok(payload)) => registry::notify_now(self.pool(), &channel, &payload).await,
-                    (Err(e), _) => Err(e),
-                    (Ok(()), Err(_)) => Ok(()),
-                }
-            }
+            Err(_) => Ok(()),
         };
         if let Err(error) = sent {
-            tracing::warn!(%error, request = %id, %from, "cannot send a reply to the asking instance");
+            tracing::warn!(%error, request = %id, %from, "cannot notify the asking instance of a reply");
         }
     }
 
@@ -395,10 +406,75 @@ impl Cluster {
         let _ = waiting.done.send(outcome);
     }
 
+    // ---- single flight across instances
+
+    /// Runs `start` (a device's sync) unless another instance is already syncing `device`, in which case waits for
+    /// that sync's result and answers it, as joiners of a flight on one instance do. A claim lapses when its
+    /// instance loses its lease or it outlives `deadline`; then the next one takes over. If the database cannot
+    /// say, this instance reads the terminal itself: a second read is harmless (the unique key), a refusal is not.
+    pub async fn single_flight<F, Fut>(
+        &self,
+        device: Uuid,
+        deadline: Duration,
+        start: F,
+    ) -> Result<CallResult, CallError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<CallResult, CallError>>,
+    {
+        let until = tokio::time::Instant::now() + deadline;
+        let lasts = deadline + self.inner.config.forward_margin;
+        loop {
+            let theirs = match registry::claim_flight(self.pool(), self.id(), device, lasts).await {
+                Ok(Some(flight)) => {
+                    let result = start().await;
+                    let body = serde_json::to_string(&result).unwrap_or_default();
+                    if let Err(error) = registry::finish_flight(self.pool(), device, flight, &body).await {
+                        tracing::warn!(%error, device_id = %device, "cannot publish a sync's result to waiting instances");
+                    }
+                    return result;
+                }
+                Ok(None) => match registry::flight(self.pool(), device).await {
+                    Ok(Some((flight, _, _, _))) => flight,
+                    _ => continue,
+                },
+                Err(error) => {
+                    tracing::warn!(%error, device_id = %device, "cannot coordinate the sync with other instances; reading alone");
+                    return start().await;
+                }
+            };
+            tracing::debug!(device_id = %device, flight = %theirs, "another instance is syncing this device; waiting for it");
+            loop {
+                if tokio::time::Instant::now() >= until {
+                    return Err(CallError::Timeout(deadline));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                match registry::flight(self.pool(), device).await {
+                    Ok(Some((flight, true, Some(result), _))) if flight == theirs => {
+                        return serde_json::from_str(&result).unwrap_or_else(|_| {
+                            Err(CallError::Failed {
+                                kind: ErrorKind::Internal,
+                                message: "unreadable result of another instance's sync".into(),
+                            })
+                        });
+                    }
+                    Ok(Some((flight, false, _, true))) if flight == theirs => {}
+                    // Gone, replaced, or its instance died: claim again.
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::debug!(%error, "cannot read another instance's sync; retrying");
+                    }
+                }
+            }
+        }
+    }
+
     // ---- background
 
     async fn heartbeat(self, hub: Hub, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(self.inner.config.heartbeat);
+        // Twice per heartbeat: a lease read at any moment then holds for more than one more round, so a live
+        // instance's agents never blink out of the mirror while a refresh takes less than a heartbeat.
+        let mut tick = tokio::time::interval(self.inner.config.heartbeat / 2);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
@@ -437,7 +513,9 @@ impl Cluster {
         };
         let leases = match registry::live_instances(self.pool()).await {
             Ok(live) => {
-                *self.live() = live.iter().map(|(id, _)| *id).collect();
+                let ids: HashSet<Uuid> = live.iter().map(|(id, _)| *id).collect();
+                self.fail_waiting_on(&|instance| !ids.contains(&instance));
+                *self.live() = ids;
                 let now = std::time::Instant::now();
                 live.into_iter()
                     .map(|(id, ms)| (id, now + Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
@@ -531,7 +609,22 @@ impl Cluster {
             Notice::Leaving => {
                 self.live().remove(&from);
                 hub.forget_instance(from);
+                self.fail_waiting_on(&|instance| instance == from);
             }
+        }
+    }
+
+    /// Requests forwarded to instances that left or died will get no reply: they fail now with
+    /// [`CallError::AgentGone`], so the hub tries again once the agent has reconnected elsewhere.
+    fn fail_waiting_on(&self, gone: &dyn Fn(Uuid) -> bool) {
+        let failed: Vec<Waiting> = {
+            let mut waiting = self.waiting();
+            let ids: Vec<Uuid> = waiting.iter().filter(|(_, w)| gone(w.to)).map(|(id, _)| *id).collect();
+            ids.into_iter().filter_map(|id| waiting.remove(&id)).collect()
+        };
+        for w in failed {
+            tracing::debug!(instance = %w.to, "a forwarded request's instance is gone");
+            let _ = w.done.send(Err(CallError::AgentGone));
         }
     }
 
@@ -577,6 +670,17 @@ impl Cluster {
             tracing::warn!(%error, "cannot remove this instance from the registry; its lease will run out");
         }
         tracing::info!(instance_id = %self.id(), "left the cluster");
+    }
+}
+
+/// How often a forwarded request looks for its reply in the database, in case the notification was lost.
+const REPLY_POLL: Duration = Duration::from_secs(1);
+
+/// The outcome in a reply kept in the database, if it is a reply from `from`.
+fn stored_outcome(body: &str, from: Uuid) -> Result<CallResult, CallError> {
+    match serde_json::from_str::<Envelope>(body) {
+        Ok(Envelope { from: sender, notice: Notice::Reply { outcome: Some(o), .. }, .. }) if sender == from => o,
+        _ => Err(CallError::Failed { kind: ErrorKind::Internal, message: "unreadable stored reply".into() }),
     }
 }
 

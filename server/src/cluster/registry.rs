@@ -235,3 +235,51 @@ pub async fn live_instances(pool: &PgPool) -> DbResult<Vec<(Uuid, i64)>> {
         .fetch_all(pool)
         .await
 }
+
+/// Claims the sync flight of `device` for this instance unless another live instance holds an unexpired one;
+/// `Ok(Some(flight))` when the claim is ours, `Ok(None)` when someone else's flight is on.
+pub async fn claim_flight(pool: &PgPool, id: Uuid, device: Uuid, lasts: Duration) -> DbResult<Option<Uuid>> {
+    let flight = Uuid::new_v4();
+    let claimed: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO essl_sync_flights (device_id, flight_id, instance_id, expires_at) \
+         VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond') \
+         ON CONFLICT (device_id) DO UPDATE SET flight_id = excluded.flight_id, instance_id = excluded.instance_id, \
+             expires_at = excluded.expires_at, done = false, result = NULL \
+         WHERE essl_sync_flights.done OR essl_sync_flights.expires_at < now() \
+            OR NOT EXISTS (SELECT 1 FROM essl_instances i \
+                           WHERE i.id = essl_sync_flights.instance_id AND i.lease_until > now()) \
+         RETURNING flight_id",
+    )
+    .bind(device)
+    .bind(flight)
+    .bind(id)
+    .bind(lease_ms(lasts))
+    .fetch_optional(pool)
+    .await?;
+    Ok(claimed)
+}
+
+/// The flight of `device` now: its id, whether it is done (with its result) and whether it still holds (not
+/// expired, its instance alive).
+pub async fn flight(pool: &PgPool, device: Uuid) -> DbResult<Option<(Uuid, bool, Option<String>, bool)>> {
+    sqlx::query_as(
+        "SELECT f.flight_id, f.done, f.result, \
+                (f.expires_at > now() AND EXISTS (SELECT 1 FROM essl_instances i \
+                                                 WHERE i.id = f.instance_id AND i.lease_until > now())) \
+         FROM essl_sync_flights f WHERE f.device_id = $1",
+    )
+    .bind(device)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Ends our flight with its result for the instances waiting on it.
+pub async fn finish_flight(pool: &PgPool, device: Uuid, flight: Uuid, result: &str) -> DbResult<()> {
+    sqlx::query("UPDATE essl_sync_flights SET done = true, result = $3 WHERE device_id = $1 AND flight_id = $2")
+        .bind(device)
+        .bind(flight)
+        .bind(result)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

@@ -337,8 +337,18 @@ impl Hub {
         let _ = self.inner.events.send(event);
     }
 
-    /// An event another instance emitted: to this instance's subscribers only.
+    /// An event another instance emitted: to this instance's subscribers only. An agent's outbox fill also
+    /// updates its mirrored presence, so every instance shows it.
     pub(crate) fn emit_from_peer(&self, event: HubEvent) {
+        if let HubEvent::OutboxFill { agent_id, bytes, limit_bytes } = &event
+            && let Some(r) = self.state().remote.get_mut(agent_id)
+        {
+            // The event carries the bytes; the counts stay as last known (zero until then).
+            let (pending_records, pending_batches) =
+                r.presence.outbox.map_or((0, 0), |o| (o.pending_records, o.pending_batches));
+            r.presence.outbox =
+                Some(OutboxFill { bytes: *bytes, limit_bytes: *limit_bytes, pending_records, pending_batches });
+        }
         let _ = self.inner.events.send(event);
     }
 
