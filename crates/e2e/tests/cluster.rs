@@ -63,13 +63,22 @@ async fn registry_rows(db: &TestDb, agent: Uuid) -> i64 {
     n
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_request_on_one_instance_is_served_by_an_agent_on_the_other() {
-    let Some(db) = postgres().await else { return };
-    let a = Server::start(&db).await;
-    let b = Server::start(&db).await;
-    let sim = terminal(&generate::generate(25, 300, 5)).await;
-    let device = a.add_device("Front door", sim.addr, "HQ").await;
+/// Two instances on one database, a terminal of `records` punches, and its agent connected to B, mirrored by A.
+struct AgentOnB {
+    a: Server,
+    b: Server,
+    sim: essl_zk_sim::Simulator,
+    device: String,
+    agent_id: String,
+    agent_uuid: Uuid,
+    agent: Agent,
+}
+
+async fn agent_on_b(db: &TestDb, records: usize, seed: u64) -> AgentOnB {
+    let a = Server::start(db).await;
+    let b = Server::start(db).await;
+    let sim = terminal(&generate::generate(25, records, seed)).await;
+    let device = a.add_device("Door", sim.addr, "HQ").await;
     let (agent_id, token) = a.add_agent("office-pc", "HQ").await;
     let agent = Agent::start(&b, &token);
     wait_reachable(&b, &device, &agent_id).await;
@@ -77,6 +86,13 @@ async fn a_request_on_one_instance_is_served_by_an_agent_on_the_other() {
     let b_id = b.instance_id().expect("on PostgreSQL every instance joins");
     eventually(Duration::from_secs(5), "A mirrors B's agent", || a.state.hub.instance_of(agent_uuid) == Some(b_id))
         .await;
+    AgentOnB { a, b, sim, device, agent_id, agent_uuid, agent }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_on_one_instance_is_served_by_an_agent_on_the_other() {
+    let Some(db) = postgres().await else { return };
+    let AgentOnB { a, b, sim, device, agent_id, agent_uuid, agent } = agent_on_b(&db, 300, 5).await;
     eventually(Duration::from_secs(5), "A knows B's reachability report", || {
         a.state.hub.reachability(device.parse().expect("uuid")).iter().any(|r| r.reachable)
     })
@@ -363,13 +379,7 @@ async fn a_thousand_agents_across_two_instances_are_each_listed_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forged_and_foreign_notices_are_ignored() {
     let Some(db) = postgres().await else { return };
-    let a = Server::start(&db).await;
-    let b = Server::start(&db).await;
-    let sim = terminal(&generate::generate(5, 20, 2)).await;
-    let device = a.add_device("Door", sim.addr, "HQ").await;
-    let (agent_id, token) = a.add_agent("office-pc", "HQ").await;
-    let agent = Agent::start(&b, &token);
-    wait_reachable(&b, &device, &agent_id).await;
+    let AgentOnB { a, b, sim, device, agent_id, agent, .. } = agent_on_b(&db, 20, 2).await;
     let a_id = a.instance_id().expect("instance");
     let b_id = b.instance_id().expect("instance");
     let ghost = Uuid::new_v4();
@@ -427,15 +437,8 @@ async fn forged_and_foreign_notices_are_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_syncs_on_two_instances_share_one_device_read() {
     let Some(db) = postgres().await else { return };
-    let a = Arc::new(Server::start(&db).await);
-    let b = Arc::new(Server::start(&db).await);
-    let sim = terminal(&generate::generate(25, 20_000, 17)).await;
-    let device = a.add_device("Door", sim.addr, "HQ").await;
-    let (agent_id, token) = a.add_agent("office-pc", "HQ").await;
-    let agent = Agent::start(&b, &token);
-    wait_reachable(&b, &device, &agent_id).await;
-    let agent_uuid: Uuid = agent_id.parse().expect("uuid");
-    eventually(Duration::from_secs(5), "A mirrors the agent", || a.state.hub.presence(agent_uuid).is_some()).await;
+    let AgentOnB { a, b, sim, device, agent, .. } = agent_on_b(&db, 20_000, 17).await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
     let before = sim.terminal.stats().attendance_reads;
     let mut tasks = Vec::new();
     for i in 0..10 {
@@ -466,15 +469,7 @@ async fn database_connections_lost_during_a_forwarded_sync_end_cleanly() {
     use sqlx::Connection;
     let Some(db) = postgres().await else { return };
     let (admin_url, name) = db.postgres_admin().expect("a PostgreSQL database");
-    let a = Server::start(&db).await;
-    let b = Server::start(&db).await;
-    let sim = terminal(&generate::generate(25, 50_000, 4)).await;
-    let device = a.add_device("Door", sim.addr, "HQ").await;
-    let (agent_id, token) = a.add_agent("office-pc", "HQ").await;
-    let agent = Agent::start(&b, &token);
-    wait_reachable(&b, &device, &agent_id).await;
-    let agent_uuid: Uuid = agent_id.parse().expect("uuid");
-    eventually(Duration::from_secs(5), "A mirrors the agent", || a.state.hub.presence(agent_uuid).is_some()).await;
+    let AgentOnB { a, b, sim, device, agent_id, agent_uuid, agent } = agent_on_b(&db, 50_000, 4).await;
 
     // A asks B's agent for a sync; while B stores its batches, every connection to the database is cut (the
     // listeners' too), as in a failover.
