@@ -115,12 +115,30 @@ impl Server {
         push: essl_server::push::PushConfig,
         addr: SocketAddr,
     ) -> Server {
+        Self::start_configured(db, addr, |config| {
+            config.hub = hub;
+            config.push = push;
+        })
+        .await
+    }
+
+    /// A server whose shutdown gives in-flight requests only `grace` before its agents are let go: a restart that
+    /// cuts a long sync short, as one whose sync outlasts the grace period does.
+    pub async fn start_with_grace(db: &TestDb, grace: Duration) -> Server {
+        Self::start_configured(db, "127.0.0.1:0".parse().expect("addr"), |config| config.grace = grace).await
+    }
+
+    /// A server at `addr` with the test settings, then whatever `configure` changes.
+    pub async fn start_configured(db: &TestDb, addr: SocketAddr, configure: impl FnOnce(&mut ServerConfig)) -> Server {
         init_tracing();
         let store = Store::connect(&db.url).await.expect("database opens and migrates");
         let admin = api_token(&store, "admin", Role::Admin).await;
         let staff = api_token(&store, "staff", Role::Staff).await;
         dashboard_users(&store).await;
-        let state = AppState::new(store, ServerConfig { hub, grace: Duration::from_secs(5), push, ..test_config() });
+        let mut config =
+            ServerConfig { hub: test_hub(), grace: Duration::from_secs(5), push: test_push(), ..test_config() };
+        configure(&mut config);
+        let state = AppState::new(store, config);
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();
