@@ -2,7 +2,7 @@
 //! `127.0.0.1:0` and sends each new connection to the next backend in turn, skipping backends that are switched
 //! off or refuse the connection, as a load balancer with health checks does. A backend can be replaced (an
 //! instance restarted on another port) or cut off, which also closes the connections it holds, as when its
-//! machine dies.
+//! machine dies, or drained (out of rotation, its connections going on) before a restart.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -67,6 +67,14 @@ impl Balancer {
         let mut backends = self.backends();
         if let Some(b) = backends.get_mut(i) {
             *b = Backend { addr, up: true, conns: CancellationToken::new() };
+        }
+    }
+
+    /// Backend `i` takes no new connections; those it has go on (an orchestrator takes an instance out of rotation
+    /// before it sends SIGTERM).
+    pub fn drain(&self, i: usize) {
+        if let Some(b) = self.backends().get_mut(i) {
+            b.up = false;
         }
     }
 

@@ -250,11 +250,14 @@ async fn a_rolling_restart_of_both_instances_fails_no_request() {
         }
     };
     requests_before(6).await;
-    // Restart A: SIGTERM (graceful), then a new A on a new port takes its place behind the balancer.
+    // Restart A as an orchestrator does: out of the balancer's rotation, SIGTERM (graceful), then a new A on a new
+    // port takes its place.
+    balancer.drain(0);
     a.stop().await;
     let a2 = Server::start(&db).await;
     balancer.replace(0, a2.addr);
     requests_before(6).await;
+    balancer.drain(1);
     b.stop().await;
     let b2 = Server::start(&db).await;
     balancer.replace(1, b2.addr);
