@@ -20,7 +20,12 @@ pub struct TestDb {
 
 enum Cleanup {
     File(std::path::PathBuf),
-    Database { admin_url: String, name: String },
+    Database {
+        admin_url: String,
+        name: String,
+    },
+    /// Another way to a database some other `TestDb` owns: nothing to clean up.
+    Borrowed,
 }
 
 impl TestDb {
@@ -66,9 +71,39 @@ impl TestDb {
     pub fn postgres_admin(&self) -> Option<(&str, &str)> {
         match &self.cleanup {
             Cleanup::Database { admin_url, name } => Some((admin_url, name)),
-            Cleanup::File(_) => None,
+            Cleanup::File(_) | Cleanup::Borrowed => None,
         }
     }
+
+    /// For PostgreSQL: the address of the database server, as this test's URL names it.
+    pub fn postgres_addr(&self) -> Option<std::net::SocketAddr> {
+        use std::net::ToSocketAddrs;
+        let (_, authority) = authority(&self.url)?;
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let host_port = if host_port.contains(':') { host_port.to_owned() } else { format!("{host_port}:5432") };
+        host_port.to_socket_addrs().ok()?.next()
+    }
+
+    /// The same PostgreSQL database reached through `addr` (a fault proxy in front of the server); the returned
+    /// `TestDb` drops nothing, `self` still owns the database.
+    pub fn via(&self, addr: std::net::SocketAddr) -> Option<TestDb> {
+        let (start, authority) = authority(&self.url)?;
+        let host_start = start + authority.rfind('@').map_or(0, |i| i + 1);
+        let end = start + authority.len();
+        let url = format!("{}{addr}{}", &self.url[..host_start], &self.url[end..]);
+        Some(TestDb { url, backend: self.backend, cleanup: Cleanup::Borrowed })
+    }
+}
+
+/// Where the authority (`user@host:port`) of a `postgres://` URL starts, and the authority itself.
+fn authority(url: &str) -> Option<(usize, &str)> {
+    let start = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .map(|rest| url.len() - rest.len())?;
+    let rest = &url[start..];
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    Some((start, &rest[..end]))
 }
 
 /// The trigger that makes the database refuse punches (see [`TestDb::refuse_punches`]).
@@ -153,13 +188,32 @@ impl Drop for TestDb {
                 })
                 .join();
             }
+            Cleanup::Borrowed => {}
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::replace_db;
+    use super::{Backend, Cleanup, TestDb, replace_db};
+
+    #[test]
+    fn a_database_is_reached_through_another_address() {
+        let db = TestDb {
+            url: "postgres://u:p@127.0.0.1:5432/essl_x?sslmode=disable".into(),
+            backend: Backend::Postgres,
+            cleanup: Cleanup::Borrowed,
+        };
+        assert_eq!(db.postgres_addr(), Some("127.0.0.1:5432".parse().expect("addr")));
+        let via = db.via("127.0.0.9:40000".parse().expect("addr")).expect("a postgres URL");
+        assert_eq!(via.url, "postgres://u:p@127.0.0.9:40000/essl_x?sslmode=disable");
+        let bare =
+            TestDb { url: "postgresql://127.0.0.1/t".into(), backend: Backend::Postgres, cleanup: Cleanup::Borrowed };
+        assert_eq!(bare.postgres_addr(), Some("127.0.0.1:5432".parse().expect("addr")));
+        assert_eq!(bare.via("127.0.0.2:1".parse().expect("addr")).expect("url").url, "postgresql://127.0.0.2:1/t");
+        let sqlite = TestDb { url: "sqlite:///tmp/x.db".into(), backend: Backend::Sqlite, cleanup: Cleanup::Borrowed };
+        assert!(sqlite.via("127.0.0.2:1".parse().expect("addr")).is_none());
+    }
 
     #[test]
     fn database_name_is_replaced() {

@@ -424,6 +424,39 @@ async fn forged_and_foreign_notices_are_ignored() {
     for (channel, payload) in &forged {
         sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload).execute(&pool).await.expect("notify");
     }
+    // Stored requests for B (as if their notification was lost): from an instance without a lease, under another
+    // id than their row's, or unreadable. B's scan drops them without running any.
+    let clear = |id: Uuid, from: Uuid| {
+        json!({"v": 1, "from": from, "notice": {"kind": "request", "id": id, "agent": agent_id, "device": device,
+            "op": {"ClearAttendance": {"sync_first": false}}, "timeoutMs": 10_000}})
+        .to_string()
+    };
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    for (id, body) in
+        [(first, clear(first, ghost)), (second, clear(Uuid::new_v4(), a_id)), (Uuid::new_v4(), "{".into())]
+    {
+        sqlx::query(
+            "INSERT INTO essl_cluster_requests (id, to_instance, body, expires_at, sent_at) \
+             VALUES ($1, $2, $3, now() + interval '10 seconds', now() - interval '1 second')",
+        )
+        .bind(id)
+        .bind(b_id)
+        .bind(body)
+        .execute(&pool)
+        .await
+        .expect("a stored request");
+    }
+    let stored = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM essl_cluster_requests")
+            .fetch_one(&pool)
+            .await
+            .expect("count")
+    };
+    let started = Instant::now();
+    while stored().await > 0 {
+        assert!(started.elapsed() < Duration::from_secs(5), "B never looked at the stored requests");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     pool.close().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Nothing was believed: B's agent is still known on A, no stranger appeared, the terminal still has its log.
@@ -520,6 +553,77 @@ async fn database_connections_lost_during_a_forwarded_sync_end_cleanly() {
     let (_, body) = a.post("/api/essl/sync-attendance", json!({"deviceId": device})).await;
     assert_eq!(body["success"], true, "{body}");
     assert_exact(&a.state.store, device.parse().expect("uuid"), &sim.terminal, Duration::from_secs(20)).await;
+    agent.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_whose_notification_was_lost_is_served_from_the_database() {
+    let Some(db) = postgres().await else { return };
+    // B reaches the database through a proxy the test can switch off; A directly. Heartbeats of 3 s: B's lease
+    // (6 s) outlives the outage, so only B's notifications are lost, not B itself.
+    let pg = db.postgres_addr().expect("a PostgreSQL address");
+    let proxy = Proxy::start(pg).await.expect("proxy");
+    let db_b = db.via(proxy.addr()).expect("a PostgreSQL URL");
+    let slow_heartbeat = |c: &mut essl_server::app::ServerConfig| c.cluster.heartbeat = Duration::from_secs(3);
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let a = Server::start_configured(&db, any, slow_heartbeat).await;
+    let b = Server::start_configured(&db_b, any, slow_heartbeat).await;
+    let sim = terminal(&generate::generate(10, 500, 21)).await;
+    let device = a.add_device("Door", sim.addr, "HQ").await;
+    let (agent_id, token) = a.add_agent("office-pc", "HQ").await;
+    let agent = Agent::start(&b, &token);
+    wait_reachable(&b, &device, &agent_id).await;
+    let agent_uuid: Uuid = agent_id.parse().expect("uuid");
+    let b_id = b.instance_id().expect("instance");
+    eventually(Duration::from_secs(10), "A mirrors B's agent", || a.state.hub.instance_of(agent_uuid) == Some(b_id))
+        .await;
+
+    // B loses the database: its listener cannot hear the request A now sends it.
+    proxy.set_mode(proxy::Mode::Drop);
+    eventually(Duration::from_secs(5), "B's database connections are gone", || proxy.open() == 0).await;
+    let request = {
+        let (url, token, device) = (a.url("/api/essl/sync-attendance"), a.admin.clone(), device.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let resp = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"deviceId": device}))
+                .timeout(Duration::from_secs(60))
+                .send()
+                .await;
+            match resp {
+                Ok(r) => (r.status(), r.json::<Value>().await.unwrap_or_default(), started.elapsed()),
+                Err(e) => panic!("no answer: {e} after {:?}", started.elapsed()),
+            }
+        })
+    };
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("connects");
+    let waiting = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM essl_cluster_requests WHERE to_instance = $1")
+            .bind(b_id)
+            .fetch_one(&pool)
+            .await
+            .expect("query")
+    };
+    let started = Instant::now();
+    while waiting().await == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "A never forwarded the sync to B");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Its notification went out while B was not listening. B comes back and finds the request in the database.
+    proxy.set_mode(proxy::Mode::Pass);
+    let (status, body, took) = request.await.expect("task");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["success"], true, "{body}");
+    assert_eq!(body["totalRecords"], 500, "{body}");
+    // Far within the sync's deadline (120 s in tests): found by B's scan, not waited out.
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert_eq!(waiting().await, 0, "the request was claimed");
+    assert_exact(&a.state.store, device.parse().expect("uuid"), &sim.terminal, Duration::from_secs(10)).await;
+    pool.close().await;
     agent.stop().await;
     a.stop().await;
     b.stop().await;

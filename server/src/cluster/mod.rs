@@ -7,8 +7,10 @@
 //! holds, so a killed instance leaves no agent shown connected for longer than two heartbeats. Each instance
 //! mirrors the other instances' agents in its hub (notices as they happen, plus a full refresh from the registry
 //! every heartbeat), so routing never waits for the database. A request for a device whose best agent is on
-//! another instance goes there as a `Request` notice on that instance's channel and comes back as a `Reply`; the
-//! agent's punches are stored by the instance that holds the agent. Live events are re-broadcast so every
+//! another instance goes there as a `Request` notice on that instance's channel and comes back as a `Reply`; both
+//! are also kept in the database, so a notification lost while a listener reconnects costs a second, not the
+//! deadline (the target claims each request once, by deleting its row). The agent's punches are stored by the
+//! instance that holds the agent. Live events are re-broadcast so every
 //! instance's event stream shows them.
 //!
 //! Trust: a notice is acted on only when its sender is an instance holding a lease; a reply only when it comes
@@ -270,7 +272,9 @@ impl Cluster {
     // ---- requests across instances
 
     /// Runs `op` on `device` through `agent`, connected to `instance`: a `Request` notice there, its `Reply` here.
-    /// A lost notice or a dead instance ends in [`CallError::Timeout`] at the deadline, never later.
+    /// A lost notification is made good through the database; an instance that leaves or dies fails the request
+    /// at once ([`CallError::AgentGone`], so the hub tries again); otherwise it ends in [`CallError::Timeout`] at
+    /// the deadline, never later, and is withdrawn so it is never served afterwards.
     pub async fn forward(
         &self,
         instance: Uuid,
@@ -283,10 +287,11 @@ impl Cluster {
         let (done, rx) = oneshot::channel();
         self.waiting().insert(id, Waiting { to: instance, done });
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        // Kept in the database as well as notified: a target whose listener was reconnecting finds it there.
         let sent = match Envelope::new(self.id(), Notice::Request { id, agent, device, op, timeout_ms }).encode() {
-            Ok(payload) => {
-                registry::notify_now(self.pool(), &channel_of(instance), &payload).await.map_err(|e| e.to_string())
-            }
+            Ok(payload) => registry::send_request(self.pool(), id, instance, &channel_of(instance), &payload, timeout)
+                .await
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         if let Err(error) = sent {
@@ -304,6 +309,10 @@ impl Cluster {
                 outcome = &mut rx => return outcome.unwrap_or(Err(CallError::AgentGone)),
                 _ = tokio::time::sleep_until(deadline) => {
                     self.waiting().remove(&id);
+                    // Never served after we stopped waiting (a late clear would run unseen).
+                    if let Err(error) = registry::withdraw_request(self.pool(), id).await {
+                        tracing::debug!(%error, request = %id, "cannot withdraw a forwarded request");
+                    }
                     return Err(CallError::Timeout(timeout));
                 }
                 _ = poll.tick() => {
@@ -319,7 +328,25 @@ impl Cluster {
 
     /// Serves a request another instance forwarded: only through an agent connected here, only for a device of
     /// that agent's site, never while draining (the asking instance tries again once the agent moved).
-    async fn serve_request(&self, hub: &Hub, store: &Store, from: Uuid, id: Uuid, req: Forwarded) {
+    async fn serve_request(&self, hub: &Hub, store: &Store, from: Uuid, id: Uuid, mut req: Forwarded) {
+        // Claimed first: its notification and a scan may both bring it, and a withdrawn one must not run.
+        match registry::claim_request(self.pool(), id, self.id()).await {
+            Ok(Some(left_ms)) if left_ms > 0 => {
+                req.timeout_ms = req.timeout_ms.min(u64::try_from(left_ms).unwrap_or(0));
+            }
+            Ok(Some(_)) => {
+                tracing::debug!(request = %id, %from, "forwarded request found after its deadline; not served");
+                return;
+            }
+            Ok(None) => {
+                tracing::debug!(request = %id, %from, "forwarded request already claimed or withdrawn");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, request = %id, %from, "cannot claim a forwarded request; its asker will retry");
+                return;
+            }
+        }
         let outcome = self.run_forwarded(hub, store, &req).await;
         if self.halted() {
             return;
@@ -544,17 +571,25 @@ impl Cluster {
 
     async fn listen(self, mut listener: PgListener, hub: Hub, store: Store, stop: CancellationToken) {
         let own = channel_of(self.id());
+        let scan = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(self.clone().scan_requests(scan.clone(), hub.clone(), store.clone(), stop.clone()));
         loop {
             let notification = tokio::select! {
                 _ = stop.cancelled() => return,
-                n = listener.recv() => n,
+                n = listener.try_recv() => n,
             };
             let notification = match notification {
-                Ok(n) => n,
+                Ok(Some(n)) => n,
+                Ok(None) => {
+                    // Reconnected and listening again: what was notified meanwhile is lost. Presence and events come
+                    // back with the heartbeat's refresh; requests sent to us are in the database.
+                    tracing::warn!("cluster notifications were interrupted; listening again");
+                    scan.notify_one();
+                    continue;
+                }
                 Err(error) => {
-                    // PgListener reconnects on the next call; notices sent meanwhile are lost, which the heartbeat's
-                    // refresh and the forwarded requests' deadlines make good.
                     tracing::warn!(%error, "cluster notifications interrupted; reconnecting");
+                    scan.notify_one();
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
@@ -573,6 +608,48 @@ impl Cluster {
             }
             let direct = notification.channel() == own;
             self.handle(envelope, direct, &hub, &store).await;
+        }
+    }
+
+    /// Serves requests sent to us whose notification never came (our listener was reconnecting): at once when the
+    /// listener says it lost its connection, and every [`REQUEST_SCAN`] in case it could not tell.
+    async fn scan_requests(self, now: Arc<tokio::sync::Notify>, hub: Hub, store: Store, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(REQUEST_SCAN);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let age = tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => REQUEST_SCAN / 2,
+                _ = now.notified() => Duration::ZERO,
+            };
+            let bodies = match registry::unclaimed_requests(self.pool(), self.id(), age, 256).await {
+                Ok(b) => b,
+                Err(error) => {
+                    tracing::debug!(%error, "cannot look for requests whose notification was lost");
+                    continue;
+                }
+            };
+            for (id, body) in bodies {
+                let refused = match Envelope::decode(&body) {
+                    Ok(envelope @ Envelope { notice: Notice::Request { id: named, .. }, .. })
+                        if named == id && envelope.from != self.id() =>
+                    {
+                        if self.is_live(envelope.from).await {
+                            tracing::info!(request = %id, from = %envelope.from, "serving a forwarded request whose notification was lost");
+                            self.handle(envelope, true, &hub, &store).await;
+                            continue;
+                        }
+                        "its sender holds no lease".to_owned()
+                    }
+                    Ok(_) => "not a request of another instance under its own id".to_owned(),
+                    Err(error) => error.to_string(),
+                };
+                // Dropped, so it is not looked at again every second.
+                tracing::warn!(request = %id, reason = %refused, "a stored forwarded request refused");
+                if let Err(error) = registry::withdraw_request(self.pool(), id).await {
+                    tracing::debug!(%error, request = %id, "cannot drop a refused forwarded request");
+                }
+            }
         }
     }
 
@@ -675,6 +752,9 @@ impl Cluster {
 
 /// How often a forwarded request looks for its reply in the database, in case the notification was lost.
 const REPLY_POLL: Duration = Duration::from_secs(1);
+
+/// How often an instance looks in the database for requests sent to it whose notification was lost.
+const REQUEST_SCAN: Duration = Duration::from_secs(1);
 
 /// The outcome in a reply kept in the database, if it is a reply from `from`.
 fn stored_outcome(body: &str, from: Uuid) -> Result<CallResult, CallError> {

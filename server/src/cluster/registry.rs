@@ -48,6 +48,9 @@ pub async fn sweep(pool: &PgPool, after: Duration) -> DbResult<u64> {
     sqlx::query("DELETE FROM essl_cluster_replies WHERE created_at < now() - interval '10 minutes'")
         .execute(pool)
         .await?;
+    sqlx::query("DELETE FROM essl_cluster_requests WHERE expires_at < now() - interval '1 minute'")
+        .execute(pool)
+        .await?;
     Ok(gone)
 }
 
@@ -196,6 +199,66 @@ pub async fn remote_agents(pool: &PgPool, me: Uuid) -> DbResult<Vec<RemoteAgent>
         });
     }
     Ok(agents)
+}
+
+/// Sends request `id` to instance `to`: kept in `essl_cluster_requests` until it is claimed or withdrawn, and
+/// notified on `channel`, in one statement (so the row exists before the notification arrives). Fails when `to` is
+/// no longer registered.
+pub async fn send_request(
+    pool: &PgPool,
+    id: Uuid,
+    to: Uuid,
+    channel: &str,
+    payload: &str,
+    timeout: Duration,
+) -> DbResult<()> {
+    sqlx::query(
+        "WITH kept AS (INSERT INTO essl_cluster_requests (id, to_instance, body, expires_at) \
+                       VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond') RETURNING id) \
+         SELECT pg_notify($5, $3) FROM kept",
+    )
+    .bind(id)
+    .bind(to)
+    .bind(payload)
+    .bind(lease_ms(timeout))
+    .bind(channel)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Claims request `id` addressed to `me` (deletes its row): `Some(milliseconds left of its deadline)` when it was
+/// still waiting, `None` when it was already claimed (its notification and a scan both found it) or withdrawn.
+pub async fn claim_request(pool: &PgPool, id: Uuid, me: Uuid) -> DbResult<Option<i64>> {
+    sqlx::query_scalar(
+        "DELETE FROM essl_cluster_requests WHERE id = $1 AND to_instance = $2 \
+         RETURNING essl_ms(expires_at) - essl_ms(now())",
+    )
+    .bind(id)
+    .bind(me)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Withdraws request `id` (its asker stopped waiting): it is never served afterwards.
+pub async fn withdraw_request(pool: &PgPool, id: Uuid) -> DbResult<()> {
+    sqlx::query("DELETE FROM essl_cluster_requests WHERE id = $1").bind(id).execute(pool).await?;
+    Ok(())
+}
+
+/// Requests addressed to `me`, sent more than `age` ago and not yet claimed (their notification may have been
+/// lost), oldest first, at most `limit`.
+pub async fn unclaimed_requests(pool: &PgPool, me: Uuid, age: Duration, limit: i64) -> DbResult<Vec<(Uuid, String)>> {
+    sqlx::query_as(
+        "SELECT id, body FROM essl_cluster_requests \
+         WHERE to_instance = $1 AND expires_at > now() AND sent_at < now() - $2 * interval '1 millisecond' \
+         ORDER BY sent_at LIMIT $3",
+    )
+    .bind(me)
+    .bind(lease_ms(age))
+    .bind(limit)
+    .fetch_all(pool)
+    .await
 }
 
 /// Keeps a reply too long for a notification until the asking instance reads it.
