@@ -494,22 +494,8 @@ fn check_interval(d: Duration) -> Result<Duration, String> {
     }
 }
 
-/// `250ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let bad = || format!("{text:?} is not a duration; write e.g. 30s, 500ms, 2m");
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let ms = match unit.trim() {
-        "ms" => Some(n),
-        "" | "s" => n.checked_mul(1_000),
-        "m" | "min" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        _ => return Err(bad()),
-    };
-    ms.map(Duration::from_millis).ok_or_else(bad)
-}
+/// `250ms`, `30s`, `5m`, `1h`, or a bare number of seconds (the server reads its durations the same way).
+pub use essl_wire::parse_duration;
 
 #[cfg(test)]
 mod tests {
@@ -570,18 +556,6 @@ tL4ndQavEi51mI38AjEAi/V3bNTIZargCyzuFJ0nN6T5U6VR5CmD1/iQMVtCnwr1\n\
         assert!(ServerUrl::parse("wss://user:pw@relay.example.com/agent/ws").is_err());
         assert!(ServerUrl::parse("relay.example.com").is_err());
         assert!(ServerUrl::parse("").is_err());
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        for bad in ["", "s", "-1s", "1.5s", "3 days", "99999999999999999999h"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub struct AppState {
     pub store: Store,
     pub hub: Hub,
     pub auth: Auth,
+    /// Cancelled at the shutdown signal, `shutdown_delay` before `shutdown`: from then on `/readyz` answers 503, so
+    /// load balancers that only health-check take the instance out of rotation while it still serves everything.
+    pub leaving: CancellationToken,
     /// Cancelled when the server begins to shut down (HTTP stops accepting; event streams end).
     pub shutdown: CancellationToken,
     /// Cancelled at the end of a shutdown, once in-flight requests are done: agent sessions and cluster work end.
@@ -34,7 +37,11 @@ pub struct AppState {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub hub: HubConfig,
-    /// How long in-flight HTTP requests may take to finish after a shutdown signal.
+    /// How long the server goes on serving after the shutdown signal, with `/readyz` answering 503, before it stops
+    /// accepting: time for a load balancer's health checks to take it out of rotation, so no connection is sent to a
+    /// closing listener. Zero: the shutdown begins at the signal.
+    pub shutdown_delay: Duration,
+    /// How long in-flight HTTP requests may take to finish once the shutdown begins (after `shutdown_delay`).
     pub grace: Duration,
     /// Served over TLS: session cookies get the `Secure` flag (behind a TLS proxy, `X-Forwarded-Proto: https`
     /// does the same per request).
@@ -51,6 +58,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             hub: HubConfig::default(),
+            shutdown_delay: Duration::ZERO,
             grace: Duration::from_secs(20),
             tls: false,
             events_recheck: Duration::from_secs(60),
@@ -67,6 +75,7 @@ impl AppState {
             hub: Hub::new(config.hub.clone()),
             push: Arc::new(crate::push::PushHub::new(&config.push)),
             store,
+            leaving: CancellationToken::new(),
             shutdown: CancellationToken::new(),
             agents_stop: CancellationToken::new(),
             config: Arc::new(config),
@@ -146,6 +155,30 @@ impl AppState {
         Ok(())
     }
 
+    /// Waits for the shutdown `signal`, then serves on for `shutdown_delay` with `/readyz` answering 503, then begins
+    /// the shutdown proper (`shutdown` cancelled). Cancelling `shutdown` directly, as a second signal does
+    /// (`essl-server serve`), ends the wait at once, whether for the signal or through the delay.
+    pub async fn shutdown_after_delay(&self, signal: impl std::future::Future<Output = ()>) {
+        tokio::select! {
+            () = signal => {}
+            () = self.shutdown.cancelled() => {}
+        }
+        self.leaving.cancel();
+        let delay = self.config.shutdown_delay;
+        if !delay.is_zero() && !self.shutdown.is_cancelled() {
+            tracing::info!(
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                "shutting down after a delay: /readyz answers 503, everything else is served as before"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.shutdown.cancelled() => tracing::info!("shutdown delay cut short"),
+            }
+        }
+        tracing::info!("shutting down: no new requests, finishing in-flight ones");
+        self.shutdown.cancel();
+    }
+
     /// The end of a shutdown, once HTTP work is done: forwarded requests finish, agents are told to reconnect
     /// elsewhere (a short jittered delay on their side), and this instance leaves the cluster.
     pub async fn let_agents_go(&self) {
@@ -169,8 +202,9 @@ impl AppState {
     }
 }
 
-/// Serves HTTP (and agent WebSockets) on `listener` until `shutdown` completes; then stops accepting, lets
-/// in-flight requests finish within the grace period, tells agents to reconnect elsewhere, and returns.
+/// Serves HTTP (and agent WebSockets) on `listener` until `shutdown` completes and the shutdown delay has passed
+/// (see [`AppState::shutdown_after_delay`]); then stops accepting, lets in-flight requests finish within the grace
+/// period, tells agents to reconnect elsewhere, and returns.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
@@ -182,18 +216,14 @@ pub async fn run(
     let signal = state.shutdown.clone();
     let stop = {
         let state = state.clone();
-        async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new requests, finishing in-flight ones");
-            state.shutdown.cancel();
-        }
+        async move { state.shutdown_after_delay(shutdown).await }
     };
     tokio::spawn(stop);
     let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move { signal.cancelled().await });
     let grace = state.config.grace;
-    // The grace period starts with the shutdown signal, not with the server. Agents are told once HTTP work has
-    // had its chance; their sessions end when `shutdown` is cancelled.
+    // The grace period starts when the shutdown begins (after the delay), not with the server. Agents are told once
+    // HTTP work has had its chance; their sessions end when `shutdown` is cancelled.
     let stopping = state.shutdown.clone();
     let mut serve = std::pin::pin!(std::future::IntoFuture::into_future(serve));
     let result = tokio::select! {

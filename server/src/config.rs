@@ -39,6 +39,8 @@ pub struct FileSettings {
     pub push_command_resend_seconds: Option<i64>,
     pub push_command_max_sends: Option<i64>,
     pub push_command_expiry_days: Option<i64>,
+    /// A duration as text, like the flag: `"15s"`, `"500ms"`, `"2m"`.
+    pub shutdown_delay: Option<String>,
 }
 
 /// Keys whose values are never shown, not even in a type error.
@@ -93,6 +95,7 @@ pub struct Sources {
     pub push_command_resend_seconds: Option<Given<String>>,
     pub push_command_max_sends: Option<Given<String>>,
     pub push_command_expiry_days: Option<Given<String>>,
+    pub shutdown_delay: Option<Given<String>>,
 }
 
 /// Bounds of the push settings (whole numbers, inclusive).
@@ -108,6 +111,9 @@ pub const PUSH_BODY_KIB: (i64, i64) = (1, 65_536);
 pub const PUSH_COMMAND_RESEND_SECONDS: (i64, i64) = (1, 86_400);
 pub const PUSH_COMMAND_MAX_SENDS: (i64, i64) = (1, 100);
 pub const PUSH_COMMAND_EXPIRY_DAYS: (i64, i64) = (1, 365);
+/// The longest shutdown delay: far more than any load balancer needs to notice a failing health check, short
+/// enough that a mistyped unit does not hold a stopping server for a day.
+pub const SHUTDOWN_DELAY_MAX: Duration = Duration::from_secs(3_600);
 
 /// The operator's push (ADMS) settings; `None` keeps the default of [`essl_server::push::PushConfig`].
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -174,6 +180,9 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub supabase: Option<SupabaseConfig>,
     pub push: PushSettings,
+    /// How long to go on serving after the shutdown signal with `/readyz` answering 503; `None` keeps the default
+    /// of [`essl_server::app::ServerConfig`] (none).
+    pub shutdown_delay: Option<Duration>,
 }
 
 /// One invalid or missing value.
@@ -288,6 +297,21 @@ pub fn load(sources: Sources) -> Result<Settings, ConfigError> {
     }
     let supabase = SupabaseConfig::new(secret.map(|(s, _)| s.expose().to_owned()), url.map(|(u, _)| u));
 
+    // A duration in the agent's syntax (`30s`, `500ms`, `2m`, or seconds), wherever it comes from.
+    let shutdown_delay = pick(&sources.shutdown_delay, file.shutdown_delay, in_file("shutdown_delay"), |v| v).and_then(
+        |(text, origin)| match essl_wire::parse_duration(&text) {
+            Ok(delay) if delay <= SHUTDOWN_DELAY_MAX => Some(delay),
+            Ok(delay) => {
+                problem(origin, format!("{delay:?} is out of range; want 0s to {SHUTDOWN_DELAY_MAX:?}"));
+                None
+            }
+            Err(message) => {
+                problem(origin, message);
+                None
+            }
+        },
+    );
+
     // Whole numbers within bounds; from the command line or environment they arrive as text.
     let mut whole = |key: &str, given: &Option<Given<String>>, file: Option<i64>, (min, max): (i64, i64)| {
         let (value, origin) = match (given, file) {
@@ -365,7 +389,7 @@ pub fn load(sources: Sources) -> Result<Settings, ConfigError> {
 
     match (listen, database_url, tls) {
         (Ok(listen), Ok(database_url), Ok(tls)) if problems.is_empty() => {
-            Ok(Settings { listen, database_url, tls, supabase, push })
+            Ok(Settings { listen, database_url, tls, supabase, push, shutdown_delay })
         }
         _ => Err(ConfigError { problems }),
     }
@@ -594,6 +618,53 @@ mod tests {
         .expect_err("flag")
         .to_string();
         assert!(text.starts_with("--push-error-delay-seconds: \"10s\" is not a whole number"), "{text}");
+    }
+
+    #[test]
+    fn shutdown_delay() {
+        let dir = tempdir("shutdown-delay");
+        assert_eq!(load(Sources::default()).expect("valid").shutdown_delay, None, "none given: the default");
+        let f = write(&dir, "server.toml", "shutdown_delay = \"15s\"\n");
+        let s = load(Sources { config_file: file(&f), ..Sources::default() }).expect("valid");
+        assert_eq!(s.shutdown_delay, Some(Duration::from_secs(15)));
+        // The environment (or a flag: clap gives one of the two) wins over the file.
+        let env = Some(Given { value: "1500ms".to_owned(), origin: Origin::Env("ESSL_SHUTDOWN_DELAY") });
+        let s = load(Sources { config_file: file(&f), shutdown_delay: env, ..Sources::default() }).expect("valid");
+        assert_eq!(s.shutdown_delay, Some(Duration::from_millis(1500)));
+        let s = load(Sources {
+            config_file: file(&f),
+            shutdown_delay: flag("0".into(), "shutdown-delay"),
+            ..Sources::default()
+        })
+        .expect("valid");
+        assert_eq!(s.shutdown_delay, Some(Duration::ZERO), "0 turns the delay off");
+        let s =
+            load(Sources { shutdown_delay: flag("2m".into(), "shutdown-delay"), ..Sources::default() }).expect("valid");
+        assert_eq!(s.shutdown_delay, Some(Duration::from_secs(120)));
+
+        // Bad values name the key and where it came from; a good flag hides a bad file.
+        let f = write(&dir, "bad.toml", "shutdown_delay = \"soon\"\n");
+        let text = load(Sources { config_file: file(&f), ..Sources::default() }).expect_err("bad").to_string();
+        assert_eq!(
+            text,
+            format!("`shutdown_delay` in {}: \"soon\" is not a duration; write e.g. 30s, 500ms, 2m", f.display())
+        );
+        let good = flag("10s".into(), "shutdown-delay");
+        let s = load(Sources { config_file: file(&f), shutdown_delay: good, ..Sources::default() }).expect("valid");
+        assert_eq!(s.shutdown_delay, Some(Duration::from_secs(10)));
+        let f = write(&dir, "range.toml", "shutdown_delay = \"2h\"\n");
+        let text = load(Sources { config_file: file(&f), ..Sources::default() }).expect_err("range").to_string();
+        assert_eq!(text, format!("`shutdown_delay` in {}: 7200s is out of range; want 0s to 3600s", f.display()));
+        let f = write(&dir, "type.toml", "shutdown_delay = 10\n");
+        let text = load(Sources { config_file: file(&f), ..Sources::default() }).expect_err("type").to_string();
+        assert!(text.contains("`shutdown_delay` in") && text.contains("line 1"), "{text}");
+        let env = Some(Given { value: "-1s".to_owned(), origin: Origin::Env("ESSL_SHUTDOWN_DELAY") });
+        let text = load(Sources { shutdown_delay: env, ..Sources::default() }).expect_err("env").to_string();
+        assert!(text.starts_with("environment variable ESSL_SHUTDOWN_DELAY: \"-1s\" is not a duration"), "{text}");
+        let text = load(Sources { shutdown_delay: flag("1.5s".into(), "shutdown-delay"), ..Sources::default() })
+            .expect_err("flag")
+            .to_string();
+        assert!(text.starts_with("--shutdown-delay: \"1.5s\" is not a duration"), "{text}");
     }
 
     #[test]

@@ -51,7 +51,7 @@ struct DbArgs {
     /// A TOML settings file (keys: listen, database_url, tls_cert, tls_key, supabase_url, supabase_jwt_secret,
     /// push_delay_seconds, push_error_delay_seconds, push_journal_days, push_serial_rate, push_serial_burst,
     /// push_address_rate, push_address_burst, push_attlog_max_kib, push_operlog_max_kib, push_other_max_kib,
-    /// push_command_resend_seconds, push_command_max_sends, push_command_expiry_days).
+    /// push_command_resend_seconds, push_command_max_sends, push_command_expiry_days, shutdown_delay).
     /// Flags win over environment variables, which win over the file.
     #[arg(long, env = "ESSL_CONFIG", value_name = "FILE")]
     config: Option<String>,
@@ -122,6 +122,12 @@ struct ServeArgs {
     /// Push commands: days a queued command waits for its terminal before it expires (1 to 365) [default: 7].
     #[arg(long, env = "ESSL_PUSH_COMMAND_EXPIRY_DAYS", value_name = "DAYS")]
     push_command_expiry_days: Option<String>,
+    /// On SIGTERM or Ctrl-C, go on serving this long with /readyz answering 503 before the shutdown begins (stop
+    /// accepting, grace period, agents told to reconnect), so that a load balancer that only health-checks takes
+    /// the instance out of rotation first: a few of its health-check intervals, e.g. 15s (500ms, 30s, 2m; 0 to
+    /// 1h) [default: 0, the shutdown begins at the signal]. A second signal ends the delay.
+    #[arg(long, env = "ESSL_SHUTDOWN_DELAY", value_name = "DURATION")]
+    shutdown_delay: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -309,6 +315,13 @@ fn main() -> ExitCode {
                     "push-command-expiry-days",
                     "ESSL_PUSH_COMMAND_EXPIRY_DAYS",
                 ),
+                shutdown_delay: given(
+                    args.shutdown_delay,
+                    m,
+                    "shutdown_delay",
+                    "shutdown-delay",
+                    "ESSL_SHUTDOWN_DELAY",
+                ),
                 ..db_sources(args.db, m)
             };
             match config::load(sources) {
@@ -486,11 +499,18 @@ async fn create_token(role: RoleArg, name: &str, database_url: &str) -> anyhow::
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let store = open_store(&settings.database_url).await?;
+    let defaults = ServerConfig::default();
     let config = ServerConfig {
         tls: settings.tls.is_some(),
         push: settings.push.apply(essl_server::push::PushConfig::default()),
-        ..ServerConfig::default()
+        shutdown_delay: settings.shutdown_delay.unwrap_or(defaults.shutdown_delay),
+        ..defaults
     };
+    tracing::info!(
+        shutdown_delay_ms = u64::try_from(config.shutdown_delay.as_millis()).unwrap_or(u64::MAX),
+        grace_s = config.grace.as_secs(),
+        "on SIGTERM: /readyz answers 503 for the shutdown delay, then in-flight requests get the grace period"
+    );
     tracing::info!(
         delay_s = config.push.delay.as_secs(),
         error_delay_s = config.push.error_delay.as_secs(),
@@ -521,38 +541,83 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", settings.listen))?;
     let addr = listener.local_addr()?;
+    let signal = first_signal_then_hurry(&state);
     match settings.tls {
         Some((cert, key)) => {
             tracing::info!(%addr, "serving HTTPS and wss");
-            essl_server::tls::serve(listener, state, &cert, &key, shutdown_signal()).await?;
+            essl_server::tls::serve(listener, state, &cert, &key, signal).await?;
         }
         None => {
             tracing::info!(%addr, backend = state.store.backend(), "serving HTTP and ws");
-            essl_server::app::run(listener, state, shutdown_signal()).await?;
+            essl_server::app::run(listener, state, signal).await?;
         }
     }
     Ok(())
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+/// The shutdown signal of `serve`: completes at the first SIGTERM or Ctrl-C; a second one, during the shutdown
+/// delay, begins the shutdown at once (an operator who means "now", or a supervisor that grew impatient).
+fn first_signal_then_hurry(state: &AppState) -> impl Future<Output = ()> + Send + 'static {
+    let shutdown = state.shutdown.clone();
+    async move {
+        let mut signals = Signals::new();
+        signals.next().await;
+        tokio::spawn(async move {
+            signals.next().await;
+            if !shutdown.is_cancelled() {
+                tracing::info!("second signal: the shutdown begins now, without the rest of the delay");
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+        });
+    }
+}
+
+#[cfg(feature = "demo")]
+async fn shutdown_signal() {
+    Signals::new().next().await;
+}
+
+/// SIGTERM and Ctrl-C, each time one comes. The listeners are kept from one signal to the next, so a second signal
+/// that follows the first closely is not missed.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals { term: signal(SignalKind::terminate()).ok(), interrupt: signal(SignalKind::interrupt()).ok() }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            // A listener that could not be set up (or ended) never fires; the other still does.
+            async fn one(signal: &mut Option<tokio::signal::unix::Signal>) {
+                if let Some(s) = signal
+                    && s.recv().await.is_some()
+                {
+                    return;
+                }
+                std::future::pending().await
+            }
+            tokio::select! {
+                () = one(&mut self.term) => {}
+                () = one(&mut self.interrupt) => {}
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

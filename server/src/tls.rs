@@ -25,8 +25,8 @@ pub async fn serve(
         let handle = handle.clone();
         let state = state.clone();
         tokio::spawn(async move {
-            shutdown.await;
-            state.shutdown.cancel();
+            // The listener keeps accepting through the shutdown delay, as over plain HTTP.
+            state.shutdown_after_delay(shutdown).await;
             handle.graceful_shutdown(Some(state.config.grace));
         });
     }

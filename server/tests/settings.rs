@@ -32,6 +32,7 @@ const VARS: &[&str] = &[
     "ESSL_PUSH_COMMAND_RESEND_SECONDS",
     "ESSL_PUSH_COMMAND_MAX_SENDS",
     "ESSL_PUSH_COMMAND_EXPIRY_DAYS",
+    "ESSL_SHUTDOWN_DELAY",
 ];
 
 fn tempdir(tag: &str) -> PathBuf {
@@ -344,6 +345,66 @@ async fn push_settings_reach_the_terminals() {
     assert!(too_large.starts_with("HTTP/1.1 413"), "{too_large}");
     assert!(third.starts_with("HTTP/1.1 200"), "{third}");
     assert!(later.iter().any(|a| a.starts_with("HTTP/1.1 503") && a.ends_with("BUSY")), "{later:#?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_second_signal_ends_the_shutdown_delay() {
+    let err = refused(&["serve", "--shutdown-delay", "soon"], &[]).await;
+    assert!(err.contains("--shutdown-delay: \"soon\" is not a duration"), "{err}");
+    let err = refused(&["serve"], &[("ESSL_SHUTDOWN_DELAY", "2h")]).await;
+    assert!(err.contains("environment variable ESSL_SHUTDOWN_DELAY: 7200s is out of range"), "{err}");
+
+    let dir = tempdir("shutdown-delay");
+    let db = dir.join("essl.db");
+    let f = write(
+        &dir,
+        "server.toml",
+        &format!("listen = \"127.0.0.1:0\"\ndatabase_url = \"sqlite://{}\"\nshutdown_delay = \"1s\"\n", db.display()),
+    );
+    // The flag wins over the variable (a bad one: never read), which would win over the file.
+    let (mut child, log, rest) = started(
+        &["serve", "--config", f.to_str().expect("utf-8"), "--shutdown-delay", "10m"],
+        &[("ESSL_SHUTDOWN_DELAY", "later")],
+    )
+    .await;
+    let delay = log.iter().find(|l| l.contains("on SIGTERM")).unwrap_or_else(|| panic!("{log:#?}"));
+    assert!(delay.split_whitespace().any(|w| w == "shutdown_delay_ms=600000"), "{delay}");
+    let serving = log.last().expect("a line");
+    let addr = serving
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .unwrap_or_else(|| panic!("no address in {serving}"))
+        .to_owned();
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    assert!(exchange(&addr, &get("/readyz")).await.starts_with("HTTP/1.1 200"));
+
+    // SIGTERM: ten minutes of /readyz answering 503 while everything else is served...
+    let pid = child.id().expect("running").to_string();
+    let term = || std::process::Command::new("kill").args(["-TERM", &pid]).status().is_ok_and(|s| s.success());
+    assert!(term(), "kill -TERM");
+    let since = std::time::Instant::now();
+    let not_ready = loop {
+        let answer = exchange(&addr, &get("/readyz")).await;
+        if answer.starts_with("HTTP/1.1 503") {
+            break answer;
+        }
+        assert!(since.elapsed() < Duration::from_secs(10), "/readyz still answers {answer}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(not_ready.ends_with("{\"status\":\"shutting down\"}"), "{not_ready}");
+    assert!(exchange(&addr, &get("/healthz")).await.starts_with("HTTP/1.1 200"));
+    // ...unless a second signal says "now".
+    assert!(term(), "kill -TERM");
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+    if exit.is_err() {
+        let _ = child.kill().await;
+    }
+    let rest = rest.await.unwrap_or_default().join("\n");
+    let exit = exit.unwrap_or_else(|_| panic!("no exit within 20 s of the second SIGTERM:\n{rest}")).expect("wait");
+    assert!(exit.success(), "{exit:?}\n{rest}");
+    assert!(rest.contains("shutting down after a delay") && rest.contains("delay_ms=600000"), "{rest}");
+    assert!(rest.contains("second signal"), "{rest}");
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -150,21 +150,30 @@ impl Server {
 
     /// The same server over TLS (`https`/`wss`) with the PEM certificate chain and key at the given paths.
     pub async fn start_tls(db: &TestDb, cert: &std::path::Path, key: &std::path::Path) -> Server {
+        Self::start_tls_configured(db, cert, key, |_| {}).await
+    }
+
+    /// A server over TLS with the test settings, then whatever `configure` changes.
+    pub async fn start_tls_configured(
+        db: &TestDb,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Server {
         init_tracing();
         let store = Store::connect(&db.url).await.expect("database opens and migrates");
         let admin = api_token(&store, "admin", Role::Admin).await;
         let staff = api_token(&store, "staff", Role::Staff).await;
         dashboard_users(&store).await;
-        let state = AppState::new(
-            store,
-            ServerConfig {
-                hub: test_hub(),
-                grace: Duration::from_secs(5),
-                tls: true,
-                push: test_push(),
-                ..test_config()
-            },
-        );
+        let mut config = ServerConfig {
+            hub: test_hub(),
+            grace: Duration::from_secs(5),
+            tls: true,
+            push: test_push(),
+            ..test_config()
+        };
+        configure(&mut config);
+        let state = AppState::new(store, config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();
@@ -194,8 +203,19 @@ impl Server {
 
     /// Graceful shutdown, as on SIGTERM.
     pub async fn stop(self) {
-        self.stop.cancel();
+        self.signal_stop();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+
+    /// The shutdown signal (SIGTERM), without waiting: the server goes through its shutdown delay and shutdown while
+    /// the test looks on.
+    pub fn signal_stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Whether the server's task has ended (its listener closed, its agents let go).
+    pub fn has_stopped(&self) -> bool {
+        self.task.is_finished()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -406,6 +426,15 @@ impl Agent {
 pub async fn terminal(fixture: &Fixture) -> Simulator {
     let t = Terminal::new(fixture, TerminalConfig { max_sessions: 64, ..TerminalConfig::default() }).expect("fixture");
     Simulator::start("127.0.0.1:0".parse().expect("addr"), t).await.expect("simulator binds")
+}
+
+/// Polls `check` every 50 ms until it holds; panics with `what` after `within`.
+pub async fn poll_until(within: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < within, "{what} did not happen within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits for a hub event matching `pred`, at most `within`.

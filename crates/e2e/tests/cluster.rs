@@ -204,12 +204,70 @@ async fn through(
     if ok { Ok(body) } else { Err(format!("{path}: {status} {body}")) }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_rolling_restart_of_both_instances_fails_no_request() {
+/// How a rolling restart takes an instance out of the load balancer's rotation.
+#[derive(Clone, Copy)]
+enum Rotation {
+    /// As an orchestrator does: out of the balancer's rotation first, then SIGTERM.
+    Drained,
+    /// Nobody tells the balancer: it only health-checks `/readyz`, and the instances have a shutdown delay of
+    /// [`SHUTDOWN_DELAY`], several of its check intervals.
+    HealthChecked,
+}
+
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+const SHUTDOWN_DELAY: Duration = Duration::from_millis(1500);
+
+impl Rotation {
+    async fn balancer(self, backends: &[std::net::SocketAddr]) -> Balancer {
+        match self {
+            Rotation::Drained => Balancer::start(backends).await,
+            Rotation::HealthChecked => Balancer::start_health_checked(backends, HEALTH_CHECK_INTERVAL).await,
+        }
+        .expect("balancer")
+    }
+
+    async fn instance(self, db: &TestDb) -> Server {
+        match self {
+            Rotation::Drained => Server::start(db).await,
+            Rotation::HealthChecked => {
+                Server::start_configured(db, "127.0.0.1:0".parse().expect("addr"), |config| {
+                    config.shutdown_delay = SHUTDOWN_DELAY
+                })
+                .await
+            }
+        }
+    }
+
+    /// Stops backend `i` of the balancer (SIGTERM, graceful) and starts a new instance on a new port in its place.
+    async fn restart(self, db: &TestDb, balancer: &Balancer, i: usize, old: Server) -> Server {
+        match self {
+            Rotation::Drained => {
+                balancer.drain(i);
+                old.stop().await;
+            }
+            Rotation::HealthChecked => {
+                let stopping = tokio::spawn(old.stop());
+                // /readyz answers 503 from the signal on: the balancer sees it while the instance still accepts.
+                eventually(SHUTDOWN_DELAY, "the health check takes the stopping instance out of rotation", || {
+                    !balancer.is_healthy(i)
+                })
+                .await;
+                stopping.await.expect("stops");
+            }
+        }
+        let new = self.instance(db).await;
+        balancer.replace(i, new.addr);
+        new
+    }
+}
+
+/// Both instances behind the balancer restarted one after the other, taken out of rotation as `rotation` says,
+/// while a client loops over check and sync through the balancer: no request may fail, no punch be lost.
+async fn rolling_restart_fails_no_request(rotation: Rotation) {
     let Some(db) = postgres().await else { return };
-    let a = Server::start(&db).await;
-    let b = Server::start(&db).await;
-    let balancer = Arc::new(Balancer::start(&[a.addr, b.addr]).await.expect("balancer"));
+    let a = rotation.instance(&db).await;
+    let b = rotation.instance(&db).await;
+    let balancer = Arc::new(rotation.balancer(&[a.addr, b.addr]).await);
     let sim = terminal(&generate::generate(10, 200, 3)).await;
     let device = a.add_device("Door", sim.addr, "HQ").await;
     let (agent_id, token) = a.add_agent("office-pc", "HQ").await;
@@ -250,17 +308,9 @@ async fn a_rolling_restart_of_both_instances_fails_no_request() {
         }
     };
     requests_before(6).await;
-    // Restart A as an orchestrator does: out of the balancer's rotation, SIGTERM (graceful), then a new A on a new
-    // port takes its place.
-    balancer.drain(0);
-    a.stop().await;
-    let a2 = Server::start(&db).await;
-    balancer.replace(0, a2.addr);
+    let a2 = rotation.restart(&db, &balancer, 0, a).await;
     requests_before(6).await;
-    balancer.drain(1);
-    b.stop().await;
-    let b2 = Server::start(&db).await;
-    balancer.replace(1, b2.addr);
+    let b2 = rotation.restart(&db, &balancer, 1, b).await;
     requests_before(6).await;
     stop.cancel();
     let failures = loop_task.await.expect("loop");
@@ -275,6 +325,18 @@ async fn a_rolling_restart_of_both_instances_fails_no_request() {
     agent.stop().await;
     a2.stop().await;
     b2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_of_both_instances_fails_no_request() {
+    rolling_restart_fails_no_request(Rotation::Drained).await;
+}
+
+/// Behind a load balancer that only health-checks (nobody takes the instance out of rotation before SIGTERM), the
+/// shutdown delay is what keeps connections away from a closing listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_behind_a_health_checking_balancer_fails_no_request() {
+    rolling_restart_fails_no_request(Rotation::HealthChecked).await;
 }
 
 /// A raw agent connection (Hello, then silent but for pongs) through `url`.

@@ -53,17 +53,52 @@ async fn a_silent_agent_is_dropped_within_two_intervals() {
     server.stop().await;
 }
 
+/// A self-signed certificate for `localhost` and its key, in PEM files of a temporary directory.
+struct TlsFiles {
+    dir: std::path::PathBuf,
+    /// The certificate (DER), for agents to trust.
+    der: Vec<u8>,
+    cert_path: std::path::PathBuf,
+    key_path: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    fn new() -> TlsFiles {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+        let dir = std::env::temp_dir().join(format!("essl-tls-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
+        std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
+        TlsFiles { dir, der: cert.cert.der().to_vec(), cert_path, key_path }
+    }
+
+    /// An agent of site HQ over wss, trusting the certificate.
+    fn agent(&self, server: &Server, token: &str) -> Agent {
+        let url = format!("wss://localhost:{}/agent/ws", server.addr.port());
+        Agent::start_with(&url, token, vec![self.der.clone()])
+    }
+}
+
+impl Drop for TlsFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An agent of site HQ made in the store (a TLS server's API is not reachable over plain HTTP): its id and token.
+async fn stored_agent(server: &Server, name: &str) -> (String, String) {
+    let t = essl_server::auth::token::generate(essl_server::auth::token::AGENT_PREFIX).expect("random");
+    let site = server.state.store.ensure_site("HQ").await.expect("site");
+    let a = server.state.store.create_agent_with_id(t.id, name, site.id, &t.hash).await.expect("agent");
+    (a.id.to_string(), t.token.expose().to_owned())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn agent_over_wss_with_an_extra_ca() {
     let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
-    let dir = std::env::temp_dir().join(format!("essl-tls-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
-
-    let server = Server::start_tls(&db, &cert_path, &key_path).await;
+    let tls = TlsFiles::new();
+    let server = Server::start_tls(&db, &tls.cert_path, &tls.key_path).await;
     let sim = terminal(&generate::generate(3, 40, 1)).await;
     let device = {
         let site = server.state.store.ensure_site("HQ").await.expect("site");
@@ -86,18 +121,38 @@ async fn agent_over_wss_with_an_extra_ca() {
             .expect("device");
         d.id.to_string()
     };
-    let (agent_id, token) = {
-        let t = essl_server::auth::token::generate(essl_server::auth::token::AGENT_PREFIX).expect("random");
-        let site = server.state.store.ensure_site("HQ").await.expect("site");
-        let a = server.state.store.create_agent_with_id(t.id, "tls-pc", site.id, &t.hash).await.expect("agent");
-        (a.id.to_string(), t.token.expose().to_owned())
-    };
-    let url = format!("wss://localhost:{}/agent/ws", server.addr.port());
-    let agent = Agent::start_with(&url, &token, vec![cert.cert.der().to_vec()]);
+    let (agent_id, token) = stored_agent(&server, "tls-pc").await;
+    let agent = tls.agent(&server, &token);
     wait_reachable(&server, &device, &agent_id).await;
     agent.stop().await;
     server.stop().await;
-    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Over TLS too the listener keeps accepting through the shutdown delay; and the shutdown cancelled directly, as a
+/// second SIGTERM does in `essl-server serve`, ends the delay at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shutdown_delay_over_tls_accepts_agents_until_cut_short() {
+    const DELAY: Duration = Duration::from_secs(60);
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let tls = TlsFiles::new();
+    let server = Server::start_tls_configured(&db, &tls.cert_path, &tls.key_path, |c| c.shutdown_delay = DELAY).await;
+    let (agent_id, token) = stored_agent(&server, "late-tls-pc").await;
+    let agent_id: uuid::Uuid = agent_id.parse().expect("uuid");
+
+    let signalled = Instant::now();
+    server.signal_stop();
+    poll_until(Duration::from_secs(5), "the server is leaving", async || server.state.leaving.is_cancelled()).await;
+    let agent = tls.agent(&server, &token);
+    poll_until(Duration::from_secs(10), "a new agent connects over wss during the delay", async || {
+        server.state.hub.local_presence(agent_id).is_some()
+    })
+    .await;
+    assert!(!server.state.shutdown.is_cancelled() && !server.has_stopped(), "the delay was not honoured");
+
+    server.state.shutdown.cancel();
+    poll_until(Duration::from_secs(10), "the server stops", async || server.has_stopped()).await;
+    assert!(signalled.elapsed() < DELAY, "the shutdown waited out its delay");
+    agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -128,6 +183,60 @@ async fn graceful_shutdown_answers_in_flight_requests_and_tells_agents() {
     assert!(!history.is_empty());
     assert!(history.iter().all(|a| a.sync_status != essl_server::store::model::SyncStatus::InProgress), "{history:?}");
     agent.stop().await;
+}
+
+/// A GET on a connection of its own (a fresh client, no pooling), as a new client behind a load balancer makes:
+/// the status and the JSON body.
+async fn fresh_get(
+    server: &Server,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(StatusCode, serde_json::Value), String> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().map_err(|e| e.to_string())?;
+    let mut req = client.get(server.url(path)).header("connection", "close").timeout(Duration::from_secs(10));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.map_err(|e| format!("{path}: {e}"))?;
+    let status = resp.status();
+    let body = resp.json().await.map_err(|e| format!("{path}: {e}"))?;
+    Ok((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shutdown_delay_serves_new_connections_while_readyz_answers_503() {
+    const DELAY: Duration = Duration::from_millis(1500);
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let server =
+        Server::start_configured(&db, "127.0.0.1:0".parse().expect("addr"), |c| c.shutdown_delay = DELAY).await;
+    let (_, token) = server.add_agent("late", "HQ").await;
+    let ready = fresh_get(&server, "/readyz", None).await.expect("answers");
+    assert_eq!(ready, (StatusCode::OK, json!({"status": "ready", "database": "sqlite"})));
+
+    let signalled = Instant::now();
+    server.signal_stop();
+    poll_until(DELAY, "/readyz answers 503", async || {
+        matches!(fresh_get(&server, "/readyz", None).await, Ok((StatusCode::SERVICE_UNAVAILABLE, _)))
+    })
+    .await;
+    // During the delay: not ready, alive, and everything else served on new connections, agents' too.
+    let not_ready = fresh_get(&server, "/readyz", None).await.expect("answers during the delay");
+    assert_eq!(not_ready, (StatusCode::SERVICE_UNAVAILABLE, json!({"status": "shutting down"})));
+    let alive = fresh_get(&server, "/healthz", None).await.expect("answers during the delay");
+    assert_eq!(alive, (StatusCode::OK, json!({"status": "ok"})));
+    for _ in 0..3 {
+        let (status, body) = fresh_get(&server, "/api/agents", Some(&server.admin)).await.expect("served");
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let mut ws = raw_agent(&server, &token).await;
+    let told = tokio::spawn(async move { close_code(&mut ws).await });
+    assert!(!server.has_stopped(), "the server stopped within its delay");
+
+    // After the delay: the usual shutdown, the listener closed, the agent told to go away.
+    poll_until(DELAY + Duration::from_secs(10), "the server stops", async || server.has_stopped()).await;
+    assert!(signalled.elapsed() >= DELAY, "stopped {:?} after the signal, before the delay", signalled.elapsed());
+    assert!(tokio::net::TcpStream::connect(server.addr).await.is_err(), "the listener is closed");
+    assert_eq!(told.await.expect("reader"), Some(essl_wire::close::GOING_AWAY));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -20,10 +20,12 @@
 
 pub mod close;
 mod codec;
+mod duration;
 mod messages;
 mod time;
 
 pub use codec::{WireError, decode_agent, decode_server, encode_agent, encode_server};
+pub use duration::parse_duration;
 pub use messages::*;
 pub use time::{invalid_time_placeholder, raw_of_placeholder};
 

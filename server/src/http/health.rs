@@ -21,7 +21,8 @@ pub struct Health {
 /// The answer of `/readyz`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
-    /// `ready`, `shutting down` or `database unavailable`.
+    /// `ready`, `shutting down` (from the shutdown signal on, through the shutdown delay while everything else is
+    /// still served) or `database unavailable`.
     pub status: &'static str,
     /// `sqlite` or `postgres`; only when ready.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -49,13 +50,16 @@ pub async fn healthz() -> Json<Health> {
     tag = "health",
     responses(
         (status = 200, description = "Ready: the database answers", body = Readiness),
-        (status = 503, description = "Shutting down, or the database does not answer (this body, not the error shape)",
+        (status = 503, description = "Shutting down, or the database does not answer (this body, not the error \
+            shape). From the shutdown signal on: during the shutdown delay (`shutdown_delay`) every other route \
+            is still served, so that a load balancer's health check takes the instance out of rotation before \
+            it stops accepting connections",
             body = Readiness),
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let not_ready = |status| (StatusCode::SERVICE_UNAVAILABLE, Json(Readiness { status, database: None }));
-    if state.shutdown.is_cancelled() {
+    if state.leaving.is_cancelled() || state.shutdown.is_cancelled() {
         return not_ready("shutting down");
     }
     match state.store.ping().await {
