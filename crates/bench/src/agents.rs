@@ -11,6 +11,10 @@
 //! child process, its open-file limit raised to the hard limit) on a fresh SQLite file (or `--database-url`),
 //! the tokens made with `essl-server token create-agents`. With `--server URL` an already running server is used
 //! instead (`--tokens FILE` and `--server-pid` then; `--admin-token` for the office).
+//!
+//! `--instances N` (PostgreSQL) starts N servers on the one database: agent `i` connects to instance `i % N`, as a
+//! load balancer spreads them; memory and CPU are the instances' sums; the office's agent is on the last instance,
+//! and check-device is measured there (local) and on the first instance (forwarded through PostgreSQL).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -72,6 +76,10 @@ pub struct Args {
     /// The `essl-server` binary to start [default: the one next to this binary].
     #[arg(long, value_name = "FILE", conflicts_with = "server")]
     server_bin: Option<PathBuf>,
+    /// Servers to start on the one database (more than one needs a PostgreSQL --database-url): the agents are
+    /// spread over them, and check-device is also measured on an instance without the office's agent.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=4), conflicts_with = "server")]
+    instances: u8,
 }
 
 /// The server's ping interval (its default hub timing, which the started server runs with).
@@ -94,13 +102,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
          with `ulimit -n`, up to the hard limit)",
         most + SPARE_FDS
     );
+    ensure!(
+        args.instances == 1 || args.database_url.as_deref().is_some_and(|u| u.starts_with("postgres")),
+        "--instances {} needs a PostgreSQL --database-url (several instances share one PostgreSQL database)",
+        args.instances
+    );
     let server = match &args.server {
         Some(url) => Target {
-            url: url.trim_end_matches('/').to_owned(),
-            pid: args.server_pid.context("--server-pid")?,
+            servers: vec![Instance {
+                url: url.trim_end_matches('/').to_owned(),
+                pid: args.server_pid.context("--server-pid")?,
+            }],
             tokens: args.tokens.clone().context("--tokens")?,
             admin: args.admin_token.clone(),
-            spawned: None,
+            spawned: Vec::new(),
+            dir: None,
         },
         None => Target::spawn(&args, most).await?,
     };
@@ -109,20 +125,33 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     result
 }
 
-/// The server under test.
+/// The servers under test (one, unless `--instances`).
 struct Target {
-    /// `http://IP:PORT`
-    url: String,
-    pid: u32,
+    servers: Vec<Instance>,
     tokens: PathBuf,
     admin: Option<String>,
-    spawned: Option<Spawned>,
+    /// The servers this bench started (none with `--server`), and the directory of their database, tokens and logs.
+    spawned: Vec<tokio::process::Child>,
+    dir: Option<PathBuf>,
 }
 
-/// A server this bench started, and the directory of its database, tokens and log.
-struct Spawned {
-    child: tokio::process::Child,
-    dir: PathBuf,
+/// One server: `http://IP:PORT` and its process.
+struct Instance {
+    url: String,
+    pid: u32,
+}
+
+impl Instance {
+    fn addr(&self) -> anyhow::Result<SocketAddr> {
+        let addr: SocketAddr = self
+            .url
+            .strip_prefix("http://")
+            .context("--server must be http://IP:PORT (loopback, no TLS)")?
+            .parse()
+            .context("--server must be http://IP:PORT")?;
+        ensure!(addr.ip().is_loopback(), "the bench only runs on loopback: {addr}");
+        Ok(addr)
+    }
 }
 
 impl Target {
@@ -155,57 +184,71 @@ impl Target {
             "agent tokens: {most} made in {:.1} s (essl-server token create-agents)",
             started.elapsed().as_secs_f64()
         );
-        let addr = free_port()?;
-        let log = std::fs::File::create(dir.join("server.log"))?;
-        // The shell raises the soft open-file limit to the hard one and then becomes the server (same pid).
-        let child = tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(r#"ulimit -n "$(ulimit -H -n)" && exec "$0" serve --listen "$1" --database-url "$2""#)
-            .arg(&bin)
-            .arg(addr.to_string())
-            .arg(&db)
-            .env("RUST_LOG", "warn")
-            .env_remove("ESSL_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting the server")?;
-        let pid = child.id().context("the server's pid")?;
-        let target = Target {
-            url: format!("http://{addr}"),
-            pid,
-            tokens,
-            admin: Some(admin),
-            spawned: Some(Spawned { child, dir }),
-        };
-        target.wait_ready().await?;
+        let mut target = Target { servers: Vec::new(), tokens, admin: Some(admin), spawned: Vec::new(), dir: None };
+        for i in 0..args.instances {
+            let addr = free_port()?;
+            let log = std::fs::File::create(dir.join(format!("server-{i}.log")))?;
+            // The shell raises the soft open-file limit to the hard one and then becomes the server (same pid).
+            let child = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(r#"ulimit -n "$(ulimit -H -n)" && exec "$0" serve --listen "$1" --database-url "$2""#)
+                .arg(&bin)
+                .arg(addr.to_string())
+                .arg(&db)
+                .env("RUST_LOG", "warn")
+                .env_remove("ESSL_CONFIG")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting the server")?;
+            let pid = child.id().context("the server's pid")?;
+            target.spawned.push(child);
+            target.servers.push(Instance { url: format!("http://{addr}"), pid });
+        }
+        target.dir = Some(dir);
+        for server in &target.servers {
+            wait_ready(&server.url).await?;
+        }
         Ok(target)
     }
 
-    async fn wait_ready(&self) -> anyhow::Result<()> {
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = http.get(format!("{}/readyz", self.url)).send().await
-                && r.status().is_success()
-            {
-                return Ok(());
+    async fn stop(self) {
+        // SIGTERM (their graceful shutdown), then SIGKILL if one lingers.
+        for (server, mut child) in self.servers.iter().zip(self.spawned) {
+            let _ = tokio::process::Command::new("kill").arg("-TERM").arg(server.pid.to_string()).status().await;
+            if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+                let _ = child.kill().await;
             }
-            ensure!(Instant::now() < deadline, "the server at {} did not become ready within 30 s", self.url);
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Some(dir) = self.dir {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
         }
     }
 
-    async fn stop(self) {
-        let Some(mut spawned) = self.spawned else { return };
-        // SIGTERM (its graceful shutdown), then SIGKILL if it lingers.
-        let _ = tokio::process::Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status().await;
-        if tokio::time::timeout(Duration::from_secs(10), spawned.child.wait()).await.is_err() {
-            let _ = spawned.child.kill().await;
+    /// The servers' summed resident memory, KiB.
+    fn rss_kib(&self) -> anyhow::Result<u64> {
+        self.servers.iter().map(|s| rss_kib(s.pid)).sum()
+    }
+
+    /// The servers' summed CPU time, clock ticks.
+    fn cpu_ticks(&self) -> anyhow::Result<u64> {
+        self.servers.iter().map(|s| cpu_ticks(s.pid)).sum()
+    }
+}
+
+async fn wait_ready(url: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{url}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
         }
-        let _ = tokio::fs::remove_dir_all(&spawned.dir).await;
+        ensure!(Instant::now() < deadline, "the server at {url} did not become ready within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -458,7 +501,8 @@ async fn idle(
     }
 }
 
-/// The office: a simulated terminal registered as a device and a real agent that reaches it.
+/// The office: a simulated terminal registered as a device and a real agent that reaches it, connected to the
+/// last instance (`url`).
 struct Office {
     http: reqwest::Client,
     url: String,
@@ -472,7 +516,7 @@ impl Office {
     async fn open(target: &Target, admin: &str) -> anyhow::Result<Office> {
         let sim = essl_e2e::terminal(&essl_zk_sim::generate::generate(25, 10, 17)).await;
         let http = reqwest::Client::new();
-        let url = target.url.clone();
+        let url = target.servers.last().context("no server")?.url.clone();
         let site = format!("Bench office {}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let device = api(
             &http,
@@ -501,11 +545,16 @@ impl Office {
         Ok(office)
     }
 
-    /// One `POST /api/essl/check-device` for the device; its latency.
+    /// One `POST /api/essl/check-device` for the device on the instance holding the office's agent; its latency.
     async fn check(&self) -> anyhow::Result<f64> {
+        self.check_on(&self.url).await
+    }
+
+    /// The same on the instance at `url` (forwarded to the office's agent when that is another instance).
+    async fn check_on(&self, url: &str) -> anyhow::Result<f64> {
         let started = Instant::now();
         let answer =
-            api(&self.http, &self.url, &self.admin, "/api/essl/check-device", json!({"deviceId": self.device})).await?;
+            api(&self.http, url, &self.admin, "/api/essl/check-device", json!({"deviceId": self.device})).await?;
         let ms = started.elapsed().as_secs_f64() * 1e3;
         ensure!(answer["reachableCount"] == 1, "check-device: {answer}");
         Ok(ms)
@@ -537,29 +586,28 @@ struct Row {
     unanswered: u64,
     check_p50: Option<f64>,
     check_p99: Option<f64>,
+    /// check-device on an instance without the office's agent (`--instances` 2 or more).
+    forwarded_p50: Option<f64>,
+    forwarded_p99: Option<f64>,
 }
 
 async fn measure(args: &Args, counts: &[u32], target: &Target) -> anyhow::Result<()> {
-    let server_limit = open_files_limit(&target.pid.to_string()).context("the server's open-file limit")?;
     let most = u64::from(counts.last().copied().unwrap_or(0));
-    ensure!(
-        most + SPARE_FDS <= server_limit,
-        "--count {most} needs about {} open files in the server, and its limit is {server_limit} (RLIMIT_NOFILE)",
-        most + SPARE_FDS
-    );
+    let per_server = most.div_ceil(target.servers.len().max(1) as u64);
+    for server in &target.servers {
+        let limit = open_files_limit(&server.pid.to_string()).context("the server's open-file limit")?;
+        ensure!(
+            per_server + SPARE_FDS <= limit,
+            "--count {most} needs about {} open files in each server, and its limit is {limit} (RLIMIT_NOFILE)",
+            per_server + SPARE_FDS
+        );
+    }
     let tokens = tokio::fs::read_to_string(&target.tokens)
         .await
         .with_context(|| format!("reading the tokens in {}", target.tokens.display()))?;
     let tokens: Vec<String> = tokens.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
     ensure!(tokens.len() as u64 >= most, "{} tokens in {}, {most} needed", tokens.len(), target.tokens.display());
-    let addr: SocketAddr = target
-        .url
-        .strip_prefix("http://")
-        .context("--server must be http://IP:PORT (loopback, no TLS)")?
-        .parse()
-        .context("--server must be http://IP:PORT")?;
-    ensure!(addr.ip().is_loopback(), "the bench only runs on loopback: {addr}");
-    let ws_url = format!("ws://{addr}/agent/ws");
+    let addrs = target.servers.iter().map(Instance::addr).collect::<anyhow::Result<Vec<_>>>()?;
     let office = match (&target.admin, args.samples) {
         (Some(admin), 1..) => Some(Office::open(target, admin).await?),
         (None, 1..) => {
@@ -568,23 +616,28 @@ async fn measure(args: &Args, counts: &[u32], target: &Target) -> anyhow::Result
         }
         _ => None,
     };
-    let result = curve(args, counts, target, addr, &ws_url, &tokens, office.as_ref()).await;
+    let result = curve(args, counts, target, &addrs, &tokens, office.as_ref()).await;
     if let Some(office) = office {
         office.close().await;
     }
     let rows = result?;
     println!();
+    let several = target.servers.len() > 1;
+    let (servers, forwarded_head, forwarded_rule) =
+        if several { ("servers'", " forwarded check-device p50 / p99 |", "---:|") } else { ("server", "", "") };
     println!(
-        "| agents | connected | server RSS per agent | server CPU (one core) | ping lag p50 / p99 / max | unanswered | check-device p50 / p99 |"
+        "| agents | connected | {servers} RSS per agent | {servers} CPU (one core) | ping lag p50 / p99 / max | unanswered | check-device p50 / p99 |{forwarded_head}"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|{forwarded_rule}");
+    let ms = |p50: Option<f64>, p99: Option<f64>| match (p50, p99) {
+        (Some(a), Some(b)) => format!("{a:.2} / {b:.2} ms"),
+        _ => "-".to_owned(),
+    };
     for r in &rows {
-        let check = match (r.check_p50, r.check_p99) {
-            (Some(a), Some(b)) => format!("{a:.2} / {b:.2} ms"),
-            _ => "-".to_owned(),
-        };
+        let check = ms(r.check_p50, r.check_p99);
+        let forwarded = if several { format!(" {} |", ms(r.forwarded_p50, r.forwarded_p99)) } else { String::new() };
         println!(
-            "| {} | {} | {:.1} KiB | {:.1} % | {:.2} / {:.2} / {:.1} ms | {} | {check} |",
+            "| {} | {} | {:.1} KiB | {:.1} % | {:.2} / {:.2} / {:.1} ms | {} | {check} |{forwarded}",
             r.count, r.connected, r.rss_per_agent_kib, r.cpu_pct, r.lag_p50, r.lag_p99, r.lag_max, r.unanswered
         );
     }
@@ -596,8 +649,7 @@ async fn curve(
     args: &Args,
     counts: &[u32],
     target: &Target,
-    addr: SocketAddr,
-    ws_url: &str,
+    addrs: &[SocketAddr],
     tokens: &[String],
     office: Option<&Office>,
 ) -> anyhow::Result<Vec<Row>> {
@@ -616,8 +668,11 @@ async fn curve(
     let window = Duration::from_secs(args.seconds.max(1));
     let mut next = 0usize;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_before = rss_kib(target.pid)?;
-    println!("server pid {} at {}: RSS {rss_before} KiB before any idle agent", target.pid, target.url);
+    let rss_before = target.rss_kib()?;
+    for server in &target.servers {
+        println!("server pid {} at {}", server.pid, server.url);
+    }
+    println!("RSS {rss_before} KiB before any idle agent");
     let mut rows = Vec::new();
     for &count in counts {
         let ramp = Instant::now();
@@ -625,7 +680,10 @@ async fn curve(
         let mut opening = JoinSet::new();
         while next < count as usize {
             let permit = gate.clone().acquire_owned().await?;
-            let (token, url, from) = (tokens[next].clone(), ws_url.to_owned(), source(next));
+            // As a load balancer spreads them (directly: a balancer in this process would cost it two more
+            // sockets per agent).
+            let addr = addrs[next % addrs.len()];
+            let (token, url, from) = (tokens[next].clone(), format!("ws://{addr}/agent/ws"), source(next));
             opening.spawn(async move {
                 let made = connect(addr, &url, &token, from).await;
                 drop(permit);
@@ -644,15 +702,15 @@ async fn curve(
         // Tasks of dropped connections stay in the set until the end.
         let connected = (fleet.agents.len() as u64).saturating_sub(tally.dropped.load(Ordering::Relaxed));
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let rss_after = rss_kib(target.pid)?;
+        let rss_after = target.rss_kib()?;
         let per_agent = (rss_after.saturating_sub(rss_before)) as f64 / connected.max(1) as f64;
 
         tally.reset();
         tally.measuring.store(true, Ordering::Relaxed);
-        let cpu0 = cpu_ticks(target.pid)?;
+        let cpu0 = target.cpu_ticks()?;
         let t0 = Instant::now();
         tokio::time::sleep(window).await;
-        let cpu1 = cpu_ticks(target.pid)?;
+        let cpu1 = target.cpu_ticks()?;
         let idle_s = t0.elapsed().as_secs_f64();
         tally.measuring.store(false, Ordering::Relaxed);
         // Pongs of the pings sent at the end of the window may still come.
@@ -665,19 +723,16 @@ async fn curve(
         let expected_pings = expected_server_pings(&fleet.since, t0, t0 + Duration::from_secs_f64(idle_s));
 
         let checks = match office {
-            Some(office) => {
-                let mut v = Vec::with_capacity(args.samples);
-                for i in 0..args.samples + 20 {
-                    let ms = office.check().await?;
-                    if i >= 20 {
-                        v.push(ms);
-                    }
-                }
-                Some(v)
-            }
+            Some(office) => Some(sample(args.samples, || office.check()).await?),
             None => None,
         };
-        let rss_end = rss_kib(target.pid)?;
+        let forwarded = match (office, target.servers.first()) {
+            (Some(office), Some(first)) if target.servers.len() > 1 => {
+                Some(sample(args.samples, || office.check_on(&first.url)).await?)
+            }
+            _ => None,
+        };
+        let rss_end = target.rss_kib()?;
         let dropped = tally.dropped.load(Ordering::Relaxed);
         println!(
             "agents={count} connected={connected} refused={} failed={} dropped={dropped} ramp_s={ramp_s:.1}",
@@ -707,14 +762,16 @@ async fn curve(
             server_ping_interval().as_secs(),
             tally.heartbeats.load(Ordering::Relaxed)
         );
-        if let Some(v) = &checks {
-            println!(
-                "  check-device samples={} p50_ms={:.3} p99_ms={:.3} max_ms={:.3}",
-                v.len(),
-                percentile(v, 50.0),
-                percentile(v, 99.0),
-                percentile(v, 100.0)
-            );
+        for (what, v) in [("check-device", &checks), ("forwarded check-device", &forwarded)] {
+            if let Some(v) = v {
+                println!(
+                    "  {what} samples={} p50_ms={:.3} p99_ms={:.3} max_ms={:.3}",
+                    v.len(),
+                    percentile(v, 50.0),
+                    percentile(v, 99.0),
+                    percentile(v, 100.0)
+                );
+            }
         }
         rows.push(Row {
             count,
@@ -727,6 +784,8 @@ async fn curve(
             unanswered: sent.saturating_sub(answered),
             check_p50: checks.as_ref().map(|v| percentile(v, 50.0)),
             check_p99: checks.as_ref().map(|v| percentile(v, 99.0)),
+            forwarded_p50: forwarded.as_ref().map(|v| percentile(v, 50.0)),
+            forwarded_p99: forwarded.as_ref().map(|v| percentile(v, 99.0)),
         });
     }
     fleet.stop.cancel();
@@ -734,6 +793,22 @@ async fn curve(
     let _ = tokio::time::timeout(Duration::from_secs(20), async { while agents.join_next().await.is_some() {} }).await;
     agents.abort_all();
     Ok(rows)
+}
+
+/// `samples` latencies of `check`, after 20 unmeasured ones.
+async fn sample<F, Fut>(samples: usize, check: F) -> anyhow::Result<Vec<f64>>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<f64>>,
+{
+    let mut v = Vec::with_capacity(samples);
+    for i in 0..samples + 20 {
+        let ms = check().await?;
+        if i >= 20 {
+            v.push(ms);
+        }
+    }
+    Ok(v)
 }
 
 /// Pings the server sends in `[from, to)` to agents connected at `since`, one each ping interval after connecting.

@@ -42,3 +42,42 @@ fn two_hundred_idle_agents_all_connect_and_every_ping_is_answered() {
     assert!(field(&stdout, "server rss_", "rss_after_kib").is_some_and(|kib| kib > 0), "{stdout}");
     assert_eq!(field(&stdout, "check-device", "samples"), Some(20), "{stdout}");
 }
+
+/// `--instances 2` on PostgreSQL: the agents are spread over two real servers on one database, and check-device
+/// answers on the instance without the office's agent too (forwarded through PostgreSQL).
+#[test]
+fn two_instances_share_the_agents_and_forward_check_device() {
+    let Ok(runtime) = tokio::runtime::Runtime::new() else { panic!("a runtime") };
+    let Some(db) = runtime.block_on(essl_e2e::TestDb::new(essl_e2e::Backend::Postgres)) else { return };
+    let bench = std::path::Path::new(env!("CARGO_BIN_EXE_essl-bench"));
+    let server = bench.with_file_name(format!("essl-server{}", std::env::consts::EXE_SUFFIX));
+    assert!(server.is_file(), "no {}", server.display());
+    let out = Command::new(bench)
+        .args(["agents", "--count", "200", "--seconds", "3", "--ping-seconds", "1", "--samples", "20"])
+        .args(["--instances", "2", "--database-url", &db.url])
+        .arg("--server-bin")
+        .arg(&server)
+        .output()
+        .expect("essl-bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(out.status.success(), "the bench failed: {}\n{stdout}\n{stderr}", out.status);
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("server pid")).count(), 2, "{stdout}");
+    assert_eq!(field(&stdout, "agents=", "connected"), Some(200), "{stdout}");
+    assert_eq!(field(&stdout, "agents=", "dropped"), Some(0), "{stdout}");
+    assert_eq!(field(&stdout, "pings", "unanswered"), Some(0), "{stdout}");
+    assert_eq!(field(&stdout, "check-device", "samples"), Some(20), "{stdout}");
+    assert_eq!(field(&stdout, "forwarded check-device", "samples"), Some(20), "{stdout}");
+    drop(runtime);
+}
+
+#[test]
+fn several_instances_need_postgres() {
+    let out = Command::new(env!("CARGO_BIN_EXE_essl-bench"))
+        .args(["agents", "--count", "10", "--instances", "2"])
+        .output()
+        .expect("essl-bench runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a PostgreSQL --database-url"));
+}

@@ -5,12 +5,12 @@
 //!
 //! Each instance holds a lease it renews every `heartbeat`; its agents count as connected only while the lease
 //! holds, so a killed instance leaves no agent shown connected for longer than two heartbeats. Each instance
-//! mirrors the other instances' agents in its hub (notices as they happen, plus a full refresh from the registry
-//! every heartbeat), so routing never waits for the database. A request for a device whose best agent is on
-//! another instance goes there as a `Request` notice on that instance's channel and comes back as a `Reply`; both
-//! are also kept in the database, so a notification lost while a listener reconnects costs a second, not the
-//! deadline (the target claims each request once, by deleting its row). The agent's punches are stored by the
-//! instance that holds the agent. Live events are re-broadcast so every
+//! mirrors the other instances' agents in its hub (notices as they happen; leases twice per heartbeat; the whole
+//! registry every 30 s and whenever its listener lost notices), so routing never waits for the database. A request
+//! for a device whose best agent is on another instance goes there as a `Request` notice on that instance's
+//! channel and comes back as a `Reply`; both are also kept in the database, so a notification lost while a listener
+//! reconnects costs a second, not the deadline (the target claims each request once, by deleting its row). The
+//! agent's punches are stored by the instance that holds the agent. Live events are re-broadcast so every
 //! instance's event stream shows them.
 //!
 //! Trust: a notice is acted on only when its sender is an instance holding a lease; a reply only when it comes
@@ -39,7 +39,7 @@ use notice::{BROADCAST, Envelope, Notice, PresenceNotice, ReachNotice, channel_o
 /// Timing of the cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// The lease lasts two of these; an instance renews it, and refreshes its mirror, twice per heartbeat.
+    /// The lease lasts two of these; an instance renews it, and reads the others' leases, twice per heartbeat.
     pub heartbeat: Duration,
     /// Added to a forwarded request's deadline for the way there and back.
     pub forward_margin: Duration,
@@ -77,6 +77,8 @@ struct Inner {
     work: tokio::sync::watch::Sender<usize>,
     /// Hub events to re-broadcast (bounded: live events are best effort, storage never waits on them).
     events: mpsc::Sender<HubEvent>,
+    /// Notified when our listener lost notifications: the mirror is read whole again at once.
+    resync: tokio::sync::Notify,
 }
 
 /// This instance's membership; cheap to clone.
@@ -116,6 +118,7 @@ impl Cluster {
                 halted: CancellationToken::new(),
                 work: tokio::sync::watch::Sender::new(0),
                 events,
+                resync: tokio::sync::Notify::new(),
             }),
         };
         hub.attach_cluster(cluster.clone());
@@ -355,19 +358,17 @@ impl Cluster {
         let reply = Envelope::new(self.id(), Notice::Reply { id, outcome: Some(outcome) });
         let channel = channel_of(from);
         // Every reply is kept in the database too: one whose notification is lost (the asking instance's listener
-        // was reconnecting) is found by its poll; one too long for a notification travels only that way.
+        // was reconnecting) is found by its poll; one too long for a notification travels only that way. Kept and
+        // notified in one statement: one round trip on the way back.
         let body = serde_json::to_string(&reply).unwrap_or_default();
-        if let Err(error) = registry::put_reply(self.pool(), id, &body).await {
-            tracing::warn!(%error, request = %id, "cannot keep a reply in the database");
-        }
         let payload =
             reply.encode().or_else(|_| Envelope::new(self.id(), Notice::Reply { id, outcome: None }).encode());
-        let sent = match payload {
-            Ok(payload) => registry::notify_now(self.pool(), &channel, &payload).await,
-            Err(_) => Ok(()),
-        };
-        if let Err(error) = sent {
-            tracing::warn!(%error, request = %id, %from, "cannot notify the asking instance of a reply");
+        let Ok(payload) = payload else { return };
+        if let Err(error) = registry::send_reply(self.pool(), id, &body, &channel, &payload).await {
+            tracing::warn!(%error, request = %id, "cannot keep a reply in the database; notifying it alone");
+            if let Err(error) = registry::notify_now(self.pool(), &channel, &payload).await {
+                tracing::warn!(%error, request = %id, %from, "cannot notify the asking instance of a reply");
+            }
         }
     }
 
@@ -413,7 +414,16 @@ impl Cluster {
             return;
         }
         let outcome = match outcome {
-            Some(o) => o,
+            Some(o) => {
+                // Its copy in the database is not needed any more; dropped off the request's path.
+                let pool = self.pool().clone();
+                tokio::spawn(async move {
+                    if let Err(error) = registry::take_reply(&pool, id).await {
+                        tracing::debug!(%error, request = %id, "cannot drop a delivered reply's copy");
+                    }
+                });
+                o
+            }
             None => match registry::take_reply(self.pool(), id).await {
                 Ok(Some(body)) => match serde_json::from_str::<Envelope>(&body) {
                     Ok(Envelope { notice: Notice::Reply { outcome: Some(o), .. }, .. }) => o,
@@ -504,11 +514,19 @@ impl Cluster {
         let mut tick = tokio::time::interval(self.inner.config.heartbeat / 2);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        let mut round: u32 = 0;
         loop {
-            tokio::select! {
+            // The mirror follows the notices; it is read whole only every FULL_REFRESH_ROUNDS rounds (a backstop)
+            // and at once when our listener lost notices. Reading every agent of every instance each round cost
+            // the database and the hub's lock more than anything else an idle cluster does.
+            let whole = tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+                _ = tick.tick() => {
+                    round = round.wrapping_add(1);
+                    round.is_multiple_of(FULL_REFRESH_ROUNDS)
+                }
+                _ = self.inner.resync.notified() => true,
+            };
             let draining = self.inner.draining.load(Ordering::Relaxed);
             match registry::renew(self.pool(), self.id(), self.inner.config.lease(), draining).await {
                 Ok(true) => {
@@ -525,7 +543,36 @@ impl Cluster {
                 Ok(n) => tracing::info!(instances = n, "instances whose lease ran out forgotten"),
                 Err(error) => tracing::debug!(%error, "cannot sweep expired instances"),
             }
-            self.refresh(&hub).await;
+            if whole {
+                self.refresh(&hub).await;
+            } else if let Some(leases) = self.leases().await {
+                hub.renew_leases(leases);
+            }
+        }
+    }
+
+    /// The instances holding a lease, until when (by our clock) and their last heartbeat; requests waiting on
+    /// the others fail now.
+    async fn leases(&self) -> Option<HashMap<Uuid, (std::time::Instant, Timestamp)>> {
+        match registry::live_instances(self.pool()).await {
+            Ok(live) => {
+                let ids: HashSet<Uuid> = live.iter().map(|(id, _, _)| *id).collect();
+                self.fail_waiting_on(&|instance| !ids.contains(&instance));
+                *self.live() = ids;
+                let now = std::time::Instant::now();
+                Some(
+                    live.into_iter()
+                        .map(|(id, ms, beat)| {
+                            let until = now + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+                            (id, (until, Timestamp::from_millisecond(beat).unwrap_or_else(|_| Timestamp::now())))
+                        })
+                        .collect(),
+                )
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the live instances");
+                None
+            }
         }
     }
 
@@ -538,21 +585,7 @@ impl Cluster {
                 return;
             }
         };
-        let leases = match registry::live_instances(self.pool()).await {
-            Ok(live) => {
-                let ids: HashSet<Uuid> = live.iter().map(|(id, _)| *id).collect();
-                self.fail_waiting_on(&|instance| !ids.contains(&instance));
-                *self.live() = ids;
-                let now = std::time::Instant::now();
-                live.into_iter()
-                    .map(|(id, ms)| (id, now + Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
-                    .collect()
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the live instances");
-                return;
-            }
-        };
+        let Some(leases) = self.leases().await else { return };
         let mirrored = agents
             .into_iter()
             .map(|a| {
@@ -566,7 +599,7 @@ impl Cluster {
                 }
             })
             .collect();
-        hub.replace_remote(mirrored, leases);
+        hub.replace_remote(mirrored, leases.into_iter().map(|(id, (until, _))| (id, until)).collect());
     }
 
     async fn listen(self, mut listener: PgListener, hub: Hub, store: Store, stop: CancellationToken) {
@@ -585,11 +618,13 @@ impl Cluster {
                     // back with the heartbeat's refresh; requests sent to us are in the database.
                     tracing::warn!("cluster notifications were interrupted; listening again");
                     scan.notify_one();
+                    self.inner.resync.notify_one();
                     continue;
                 }
                 Err(error) => {
                     tracing::warn!(%error, "cluster notifications interrupted; reconnecting");
                     scan.notify_one();
+                    self.inner.resync.notify_one();
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
@@ -752,6 +787,10 @@ impl Cluster {
 
 /// How often a forwarded request looks for its reply in the database, in case the notification was lost.
 const REPLY_POLL: Duration = Duration::from_secs(1);
+
+/// Every how many heartbeat rounds (two per heartbeat) the mirror is read whole from the registry: 30 s with the
+/// default heartbeat of 5 s.
+const FULL_REFRESH_ROUNDS: u32 = 12;
 
 /// How often an instance looks in the database for requests sent to it whose notification was lost.
 const REQUEST_SCAN: Duration = Duration::from_secs(1);

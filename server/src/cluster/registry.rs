@@ -261,13 +261,20 @@ pub async fn unclaimed_requests(pool: &PgPool, me: Uuid, age: Duration, limit: i
     .await
 }
 
-/// Keeps a reply too long for a notification until the asking instance reads it.
-pub async fn put_reply(pool: &PgPool, id: Uuid, body: &str) -> DbResult<()> {
-    sqlx::query("INSERT INTO essl_cluster_replies (id, body) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
-        .bind(id)
-        .bind(body)
-        .execute(pool)
-        .await?;
+/// Keeps reply `id` until the asking instance takes it, and notifies `payload` on `channel`, in one statement (the
+/// row exists before the notification arrives; a reply kept already is neither kept nor notified again).
+pub async fn send_reply(pool: &PgPool, id: Uuid, body: &str, channel: &str, payload: &str) -> DbResult<()> {
+    sqlx::query(
+        "WITH kept AS (INSERT INTO essl_cluster_replies (id, body) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING \
+                       RETURNING id) \
+         SELECT pg_notify($3, $4) FROM kept",
+    )
+    .bind(id)
+    .bind(body)
+    .bind(channel)
+    .bind(payload)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -292,11 +299,14 @@ pub async fn notify_now(pool: &PgPool, channel: &str, payload: &str) -> DbResult
 }
 
 /// The instances holding a lease now, with how many milliseconds it still holds (by the database's clock, so the
-/// instances' clocks need not agree).
-pub async fn live_instances(pool: &PgPool) -> DbResult<Vec<(Uuid, i64)>> {
-    sqlx::query_as("SELECT id, essl_ms(lease_until) - essl_ms(now()) FROM essl_instances WHERE lease_until > now()")
-        .fetch_all(pool)
-        .await
+/// instances' clocks need not agree) and their last heartbeat (unix ms).
+pub async fn live_instances(pool: &PgPool) -> DbResult<Vec<(Uuid, i64, i64)>> {
+    sqlx::query_as(
+        "SELECT id, essl_ms(lease_until) - essl_ms(now()), essl_ms(heartbeat_at) FROM essl_instances \
+         WHERE lease_until > now()",
+    )
+    .fetch_all(pool)
+    .await
 }
 
 /// Claims the sync flight of `device` for this instance unless another live instance holds an unexpired one;

@@ -11,7 +11,7 @@ mod flight;
 mod routing;
 pub mod session;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -540,9 +540,12 @@ impl Hub {
         state.leases = leases;
         let before: Vec<(Uuid, Uuid)> =
             state.remote.values().map(|r| (r.presence.agent_id, r.presence.site_id)).collect();
-        for (agent, _) in &before {
+        // One pass over the reports (not one per agent: thousands of agents times hundreds of devices, under the
+        // hub's lock).
+        if !before.is_empty() {
+            let mirrored: HashSet<Uuid> = before.iter().map(|(agent, _)| *agent).collect();
             for reach in state.reach.values_mut() {
-                reach.remove(agent);
+                reach.retain(|agent, _| !mirrored.contains(agent));
             }
         }
         state.remote.clear();
@@ -562,6 +565,18 @@ impl Hub {
                 state.left.insert(site, now);
             }
         }
+    }
+
+    /// The instances' leases (until when, by our clock) and last heartbeats, between two whole refreshes: the
+    /// mirrored agents' "last seen" is their instance's heartbeat.
+    pub(crate) fn renew_leases(&self, leases: HashMap<Uuid, (Instant, Timestamp)>) {
+        let mut state = self.state();
+        for remote in state.remote.values_mut() {
+            if let Some((_, beat)) = leases.get(&remote.instance) {
+                remote.presence.last_seen = *beat;
+            }
+        }
+        state.leases = leases.into_iter().map(|(id, (until, _))| (id, until)).collect();
     }
 
     /// Forgets every agent of an instance that left.
