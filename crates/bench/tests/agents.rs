@@ -10,8 +10,24 @@ fn field(out: &str, line: &str, key: &str) -> Option<u64> {
     l.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
-#[test]
-fn two_hundred_idle_agents_all_connect_and_every_ping_is_answered() {
+/// `essl-bench agents` for 200 agents, 3 s, with `extra` arguments, against `server`: its standard output (printed).
+fn run_bench(extra: &[&str], server: &std::path::Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_essl-bench"))
+        .args(["agents", "--count", "200", "--seconds", "3", "--ping-seconds", "1", "--samples", "20"])
+        .args(extra)
+        .arg("--server-bin")
+        .arg(server)
+        .output()
+        .expect("essl-bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(out.status.success(), "the bench failed: {}\n{stdout}\n{stderr}", out.status);
+    stdout
+}
+
+/// The `essl-server` binary built next to `essl-bench` (the bench starts the real server).
+fn server_binary() -> std::path::PathBuf {
     let bench = std::path::Path::new(env!("CARGO_BIN_EXE_essl-bench"));
     let server = bench.with_file_name(format!("essl-server{}", std::env::consts::EXE_SUFFIX));
     assert!(
@@ -20,16 +36,12 @@ fn two_hundred_idle_agents_all_connect_and_every_ping_is_answered() {
          builds it)",
         server.display()
     );
-    let out = Command::new(bench)
-        .args(["agents", "--count", "200", "--seconds", "3", "--ping-seconds", "1", "--samples", "20"])
-        .arg("--server-bin")
-        .arg(&server)
-        .output()
-        .expect("essl-bench runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(out.status.success(), "the bench failed: {}\n{stdout}\n{stderr}", out.status);
+    server
+}
+
+#[test]
+fn two_hundred_idle_agents_all_connect_and_every_ping_is_answered() {
+    let stdout = run_bench(&[], &server_binary());
     assert_eq!(field(&stdout, "agents=", "connected"), Some(200), "{stdout}");
     assert_eq!(field(&stdout, "agents=", "refused"), Some(0), "{stdout}");
     assert_eq!(field(&stdout, "agents=", "failed"), Some(0), "{stdout}");
@@ -49,20 +61,7 @@ fn two_hundred_idle_agents_all_connect_and_every_ping_is_answered() {
 fn two_instances_share_the_agents_and_forward_check_device() {
     let Ok(runtime) = tokio::runtime::Runtime::new() else { panic!("a runtime") };
     let Some(db) = runtime.block_on(essl_e2e::TestDb::new(essl_e2e::Backend::Postgres)) else { return };
-    let bench = std::path::Path::new(env!("CARGO_BIN_EXE_essl-bench"));
-    let server = bench.with_file_name(format!("essl-server{}", std::env::consts::EXE_SUFFIX));
-    assert!(server.is_file(), "no {}", server.display());
-    let out = Command::new(bench)
-        .args(["agents", "--count", "200", "--seconds", "3", "--ping-seconds", "1", "--samples", "20"])
-        .args(["--instances", "2", "--database-url", &db.url])
-        .arg("--server-bin")
-        .arg(&server)
-        .output()
-        .expect("essl-bench runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(out.status.success(), "the bench failed: {}\n{stdout}\n{stderr}", out.status);
+    let stdout = run_bench(&["--instances", "2", "--database-url", &db.url], &server_binary());
     assert_eq!(stdout.lines().filter(|l| l.starts_with("server pid")).count(), 2, "{stdout}");
     assert_eq!(field(&stdout, "agents=", "connected"), Some(200), "{stdout}");
     assert_eq!(field(&stdout, "agents=", "dropped"), Some(0), "{stdout}");
