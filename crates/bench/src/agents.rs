@@ -14,7 +14,8 @@
 //!
 //! `--instances N` (PostgreSQL) starts N servers on the one database: agent `i` connects to instance `i % N`, as a
 //! load balancer spreads them; memory and CPU are the instances' sums; the office's agent is on the last instance,
-//! and check-device is measured there (local) and on the first instance (forwarded through PostgreSQL).
+//! and check-device is measured there (local), on the first instance (forwarded through PostgreSQL), and through
+//! the test load balancer in front of all of them (a fresh connection each, so they alternate).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -552,9 +553,13 @@ impl Office {
 
     /// The same on the instance at `url` (forwarded to the office's agent when that is another instance).
     async fn check_on(&self, url: &str) -> anyhow::Result<f64> {
+        self.check_with(&self.http, url).await
+    }
+
+    /// The same with another HTTP client (one that opens a connection per request, through a load balancer).
+    async fn check_with(&self, http: &reqwest::Client, url: &str) -> anyhow::Result<f64> {
         let started = Instant::now();
-        let answer =
-            api(&self.http, url, &self.admin, "/api/essl/check-device", json!({"deviceId": self.device})).await?;
+        let answer = api(http, url, &self.admin, "/api/essl/check-device", json!({"deviceId": self.device})).await?;
         let ms = started.elapsed().as_secs_f64() * 1e3;
         ensure!(answer["reachableCount"] == 1, "check-device: {answer}");
         Ok(ms)
@@ -589,6 +594,9 @@ struct Row {
     /// check-device on an instance without the office's agent (`--instances` 2 or more).
     forwarded_p50: Option<f64>,
     forwarded_p99: Option<f64>,
+    /// check-device through the load balancer in front of the instances (`--instances` 2 or more).
+    balanced_p50: Option<f64>,
+    balanced_p99: Option<f64>,
 }
 
 async fn measure(args: &Args, counts: &[u32], target: &Target) -> anyhow::Result<()> {
@@ -623,8 +631,11 @@ async fn measure(args: &Args, counts: &[u32], target: &Target) -> anyhow::Result
     let rows = result?;
     println!();
     let several = target.servers.len() > 1;
-    let (servers, forwarded_head, forwarded_rule) =
-        if several { ("servers'", " forwarded check-device p50 / p99 |", "---:|") } else { ("server", "", "") };
+    let (servers, forwarded_head, forwarded_rule) = if several {
+        ("servers'", " forwarded check-device p50 / p99 | through the balancer p50 / p99 |", "---:|---:|")
+    } else {
+        ("server", "", "")
+    };
     println!(
         "| agents | connected | {servers} RSS per agent | {servers} CPU (one core) | ping lag p50 / p99 / max | unanswered | check-device p50 / p99 |{forwarded_head}"
     );
@@ -635,7 +646,11 @@ async fn measure(args: &Args, counts: &[u32], target: &Target) -> anyhow::Result
     };
     for r in &rows {
         let check = ms(r.check_p50, r.check_p99);
-        let forwarded = if several { format!(" {} |", ms(r.forwarded_p50, r.forwarded_p99)) } else { String::new() };
+        let forwarded = if several {
+            format!(" {} | {} |", ms(r.forwarded_p50, r.forwarded_p99), ms(r.balanced_p50, r.balanced_p99))
+        } else {
+            String::new()
+        };
         println!(
             "| {} | {} | {:.1} KiB | {:.1} % | {:.2} / {:.2} / {:.1} ms | {} | {check} |{forwarded}",
             r.count, r.connected, r.rss_per_agent_kib, r.cpu_pct, r.lag_p50, r.lag_p99, r.lag_max, r.unanswered
@@ -663,6 +678,15 @@ async fn curve(
         since: Vec::new(),
     };
     let tally = fleet.tally.clone();
+    // The test load balancer (round robin) in front of several instances, and a client that opens a connection per
+    // request, so consecutive requests land on different instances as behind a real one.
+    let balancer = match addrs {
+        [_, _, ..] => Some((
+            essl_e2e::Balancer::start(addrs).await.context("starting the load balancer")?,
+            reqwest::Client::builder().pool_max_idle_per_host(0).build()?,
+        )),
+        _ => None,
+    };
     let ticks = clock_ticks().await;
     let ping_every = Duration::from_secs(args.ping_seconds.max(1));
     let window = Duration::from_secs(args.seconds.max(1));
@@ -732,6 +756,13 @@ async fn curve(
             }
             _ => None,
         };
+        let balanced = match (office, &balancer) {
+            (Some(office), Some((balancer, fresh))) => {
+                let url = balancer.url("");
+                Some(sample(args.samples, || office.check_with(fresh, &url)).await?)
+            }
+            _ => None,
+        };
         let rss_end = target.rss_kib()?;
         let dropped = tally.dropped.load(Ordering::Relaxed);
         println!(
@@ -762,7 +793,12 @@ async fn curve(
             server_ping_interval().as_secs(),
             tally.heartbeats.load(Ordering::Relaxed)
         );
-        for (what, v) in [("check-device", &checks), ("forwarded check-device", &forwarded)] {
+        let measured = [
+            ("check-device", &checks),
+            ("forwarded check-device", &forwarded),
+            ("check-device through the balancer", &balanced),
+        ];
+        for (what, v) in measured {
             if let Some(v) = v {
                 println!(
                     "  {what} samples={} p50_ms={:.3} p99_ms={:.3} max_ms={:.3}",
@@ -786,6 +822,8 @@ async fn curve(
             check_p99: checks.as_ref().map(|v| percentile(v, 99.0)),
             forwarded_p50: forwarded.as_ref().map(|v| percentile(v, 50.0)),
             forwarded_p99: forwarded.as_ref().map(|v| percentile(v, 99.0)),
+            balanced_p50: balanced.as_ref().map(|v| percentile(v, 50.0)),
+            balanced_p99: balanced.as_ref().map(|v| percentile(v, 99.0)),
         });
     }
     fleet.stop.cancel();

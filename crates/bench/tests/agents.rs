@@ -68,6 +68,7 @@ fn two_instances_share_the_agents_and_forward_check_device() {
     assert_eq!(field(&stdout, "pings", "unanswered"), Some(0), "{stdout}");
     assert_eq!(field(&stdout, "check-device", "samples"), Some(20), "{stdout}");
     assert_eq!(field(&stdout, "forwarded check-device", "samples"), Some(20), "{stdout}");
+    assert_eq!(field(&stdout, "check-device through the balancer", "samples"), Some(20), "{stdout}");
     drop(runtime);
 }
 
