@@ -223,7 +223,7 @@ pub async fn run(
         .with_graceful_shutdown(async move { signal.cancelled().await });
     let grace = state.config.grace;
     // The grace period starts when the shutdown begins (after the delay), not with the server. Agents are told once
-    // HTTP work has had its chance; their sessions end when `shutdown` is cancelled.
+    // HTTP work has had its chance; their sessions end when `let_agents_go` cancels `agents_stop`.
     let stopping = state.shutdown.clone();
     let mut serve = std::pin::pin!(std::future::IntoFuture::into_future(serve));
     let result = tokio::select! {

@@ -22,11 +22,7 @@ async fn postgres() -> Option<TestDb> {
 
 /// Polls `check` every 50 ms until it holds; panics with `what` after `within`.
 async fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !check() {
-        assert!(started.elapsed() < within, "{what} did not happen within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_until(within, what, async || check()).await;
 }
 
 /// The agents a server lists as connected, by id (with how often each is listed).

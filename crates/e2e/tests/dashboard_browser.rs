@@ -2,7 +2,7 @@
 //! against a real server, agent and simulated terminal: what a person sees and does. Skipped with a `SKIPPED
 //! browser:` line when Chromium is missing; `.ci/run` installs it, sets `ESSL_REQUIRE_BROWSER` and fails on skips.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use essl_e2e::browser::{Page, launch_or_skip};
 use essl_e2e::*;
@@ -323,11 +323,7 @@ async fn wrong_login_and_expired_session() {
 
 /// Waits until `done` holds (checked every 50 ms), at most [`WAIT`].
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    essl_e2e::poll_until(WAIT, what, async || done()).await;
 }
 
 /// The predicate "the text of `selector` is `expected`" (trimmed).

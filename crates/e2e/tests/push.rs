@@ -91,12 +91,8 @@ async fn assert_exactly(server: &Server, device: &str, terminal: &PushTerminal) 
     assert!(set == expected, "the stored punches differ from the terminal's");
 }
 
-async fn wait_until(what: &str, within: Duration, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_until(what: &str, within: Duration, done: impl AsyncFnMut() -> bool) {
+    essl_e2e::poll_until(within, what, done).await;
 }
 
 async fn caught_up(terminal: &PushTerminal, within: Duration) {

@@ -3,7 +3,7 @@
 //! server and database (SQLite and PostgreSQL), real agent over a real WebSocket, simulated terminal.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use essl_e2e::*;
 use essl_server::hub::HubEvent;
@@ -122,11 +122,7 @@ fn count_received(
 
 /// Waits until `pred` holds, polling every 50 ms, at most `within`.
 async fn eventually<F: std::future::Future<Output = bool>>(within: Duration, what: &str, mut pred: impl FnMut() -> F) {
-    let deadline = Instant::now() + within;
-    while !pred().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    essl_e2e::poll_until(within, what, async || pred().await).await;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
