@@ -428,6 +428,23 @@ pub async fn terminal(fixture: &Fixture) -> Simulator {
     Simulator::start("127.0.0.1:0".parse().expect("addr"), t).await.expect("simulator binds")
 }
 
+/// `n` syncs of `device` at once (`POST /api/essl/sync-attendance` as admin), spread over `servers` in turn: each
+/// answer, in the order sent.
+pub async fn syncs_at_once(servers: &[std::sync::Arc<Server>], device: &str, n: usize) -> Vec<(StatusCode, Value)> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let server = servers[i % servers.len()].clone();
+            let body = serde_json::json!({"deviceId": device});
+            tokio::spawn(async move { server.post("/api/essl/sync-attendance", body).await })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(n);
+    for task in tasks {
+        answers.push(task.await.expect("a sync task"));
+    }
+    answers
+}
+
 /// Polls `check` every 50 ms until it holds; panics with `what` after `within`.
 pub async fn poll_until(within: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
     let started = std::time::Instant::now();

@@ -537,16 +537,7 @@ async fn concurrent_syncs_on_two_instances_share_one_device_read() {
     let AgentOnB { a, b, sim, device, agent, .. } = agent_on_b(&db, 20_000, 17).await;
     let (a, b) = (Arc::new(a), Arc::new(b));
     let before = sim.terminal.stats().attendance_reads;
-    let mut tasks = Vec::new();
-    for i in 0..10 {
-        let server = if i % 2 == 0 { a.clone() } else { b.clone() };
-        let device = device.clone();
-        tasks.push(tokio::spawn(
-            async move { server.post("/api/essl/sync-attendance", json!({"deviceId": device})).await },
-        ));
-    }
-    for t in tasks {
-        let (status, body) = t.await.expect("task");
+    for (status, body) in syncs_at_once(&[a.clone(), b.clone()], &device, 10).await {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["success"], true, "{body}");
         assert_eq!(body["totalRecords"], 20_000, "{body}");

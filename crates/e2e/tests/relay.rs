@@ -189,16 +189,7 @@ async fn concurrent_syncs_share_one_device_read(db: TestDb) {
     let (server, sim, device, _, agent) = office(&db, 20_000).await;
     let before = sim.terminal.stats().attendance_reads;
     let server = std::sync::Arc::new(server);
-    let mut tasks = Vec::new();
-    for _ in 0..10 {
-        let server = server.clone();
-        let device = device.clone();
-        tasks.push(tokio::spawn(
-            async move { server.post("/api/essl/sync-attendance", json!({"deviceId": device})).await },
-        ));
-    }
-    for t in tasks {
-        let (status, body) = t.await.expect("task");
+    for (status, body) in essl_e2e::syncs_at_once(std::slice::from_ref(&server), &device, 10).await {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["success"], true, "{body}");
         assert_eq!(body["totalRecords"], 20_000);

@@ -614,8 +614,8 @@ impl Cluster {
             let notification = match notification {
                 Ok(Some(n)) => n,
                 Ok(None) => {
-                    // Reconnected and listening again: what was notified meanwhile is lost. Presence and events come
-                    // back with the heartbeat's refresh; requests sent to us are in the database.
+                    // Reconnected and listening again: what was notified meanwhile is lost. Presence comes back with
+                    // the whole refresh this asks for, requests sent to us from the database; live events are gone.
                     tracing::warn!("cluster notifications were interrupted; listening again");
                     scan.notify_one();
                     self.inner.resync.notify_one();

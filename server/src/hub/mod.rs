@@ -231,6 +231,19 @@ impl State {
         let now = Instant::now();
         self.remote.values().filter(move |r| self.leases.get(&r.instance).is_some_and(|until| *until > now))
     }
+
+    /// One mirrored agent, if its instance still holds its lease.
+    fn live_remote_agent(&self, agent_id: Uuid) -> Option<&RemoteConn> {
+        let now = Instant::now();
+        self.remote.get(&agent_id).filter(|r| self.leases.get(&r.instance).is_some_and(|until| *until > now))
+    }
+
+    /// Drops the probe reports of the agents `gone` says, in one pass over the devices.
+    fn forget_reports(&mut self, gone: impl Fn(&Uuid) -> bool) {
+        for reach in self.reach.values_mut() {
+            reach.retain(|agent, _| !gone(agent));
+        }
+    }
 }
 
 struct Inner {
@@ -396,9 +409,7 @@ impl Hub {
         };
         let _ = conn;
         let conn = state.conns.remove(&agent_id);
-        for reach in state.reach.values_mut() {
-            reach.remove(&agent_id);
-        }
+        state.forget_reports(|a| *a == agent_id);
         drop(state);
         if let Some(conn) = conn {
             fail_pending(conn.pending, "agent disconnected");
@@ -462,7 +473,7 @@ impl Hub {
             .conns
             .get(&agent_id)
             .map(|c| c.presence.clone())
-            .or_else(|| state.live_remote().find(|r| r.presence.agent_id == agent_id).map(|r| r.presence.clone()))
+            .or_else(|| state.live_remote_agent(agent_id).map(|r| r.presence.clone()))
     }
 
     /// The agent's presence if its connection is to this instance.
@@ -476,7 +487,7 @@ impl Hub {
         if state.conns.contains_key(&agent_id) {
             return None;
         }
-        state.live_remote().find(|r| r.presence.agent_id == agent_id).map(|r| r.instance)
+        state.live_remote_agent(agent_id).map(|r| r.instance)
     }
 
     // ---- the mirror of other instances' agents (cluster)
@@ -490,9 +501,7 @@ impl Hub {
             // The sender just wrote its presence under a lease it holds; the next refresh says exactly how long.
             state.leases.entry(instance).or_insert_with(|| Instant::now() + lease);
             let stale = state.conns.remove(&agent_id);
-            for reach in state.reach.values_mut() {
-                reach.remove(&agent_id);
-            }
+            state.forget_reports(|a| *a == agent_id);
             state.remote.insert(agent_id, RemoteConn { instance, conn, presence });
             stale
         };
@@ -514,9 +523,7 @@ impl Hub {
         };
         let site = r.presence.site_id;
         state.remote.remove(&agent_id);
-        for reach in state.reach.values_mut() {
-            reach.remove(&agent_id);
-        }
+        state.forget_reports(|a| *a == agent_id);
         if moving {
             state.left.insert(site, Instant::now());
         }
@@ -544,9 +551,7 @@ impl Hub {
         // hub's lock).
         if !before.is_empty() {
             let mirrored: HashSet<Uuid> = before.iter().map(|(agent, _)| *agent).collect();
-            for reach in state.reach.values_mut() {
-                reach.retain(|agent, _| !mirrored.contains(agent));
-            }
+            state.forget_reports(|a| mirrored.contains(a));
         }
         state.remote.clear();
         for MirroredAgent { instance, conn, presence, reports } in agents {
@@ -589,13 +594,12 @@ impl Hub {
             .map(|r| (r.presence.agent_id, r.presence.site_id))
             .collect();
         let now = Instant::now();
-        for (agent, site) in gone {
-            state.remote.remove(&agent);
-            for reach in state.reach.values_mut() {
-                reach.remove(&agent);
-            }
-            state.left.insert(site, now);
+        for (agent, site) in &gone {
+            state.remote.remove(agent);
+            state.left.insert(*site, now);
         }
+        let gone: HashSet<Uuid> = gone.into_iter().map(|(agent, _)| agent).collect();
+        state.forget_reports(|a| gone.contains(a));
     }
 
     /// Records an agent's probe reports (only for devices of its own site: the session checks that).
