@@ -206,7 +206,10 @@ async fn through(
 /// How a rolling restart takes an instance out of the load balancer's rotation.
 #[derive(Clone, Copy)]
 enum Rotation {
-    /// As an orchestrator does: out of the balancer's rotation first, then SIGTERM.
+    /// As an orchestrator does: out of the balancer's rotation first, then SIGTERM, the instances having a short
+    /// shutdown delay ([`DRAINED_DELAY`]) for connections the balancer had routed to them just before (as a
+    /// `preStop` sleep does: without it, one such connection is now and then reset in the closing listener's
+    /// backlog).
     Drained,
     /// Nobody tells the balancer: it only health-checks `/readyz`, and the instances have a shutdown delay of
     /// [`SHUTDOWN_DELAY`], several of its check intervals.
@@ -215,6 +218,7 @@ enum Rotation {
 
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 const SHUTDOWN_DELAY: Duration = Duration::from_millis(1500);
+const DRAINED_DELAY: Duration = Duration::from_millis(300);
 
 impl Rotation {
     async fn balancer(self, backends: &[std::net::SocketAddr]) -> Balancer {
@@ -226,15 +230,11 @@ impl Rotation {
     }
 
     async fn instance(self, db: &TestDb) -> Server {
-        match self {
-            Rotation::Drained => Server::start(db).await,
-            Rotation::HealthChecked => {
-                Server::start_configured(db, "127.0.0.1:0".parse().expect("addr"), |config| {
-                    config.shutdown_delay = SHUTDOWN_DELAY
-                })
-                .await
-            }
-        }
+        let delay = match self {
+            Rotation::Drained => DRAINED_DELAY,
+            Rotation::HealthChecked => SHUTDOWN_DELAY,
+        };
+        Server::start_configured(db, "127.0.0.1:0".parse().expect("addr"), |config| config.shutdown_delay = delay).await
     }
 
     /// Stops backend `i` of the balancer (SIGTERM, graceful) and starts a new instance on a new port in its place.
